@@ -1,0 +1,11 @@
+"""Distillation methods: one module per method, selected by `--distill NAME` through the registry."""
+from . import crd, kd, norm  # noqa: F401 - importing registers the methods
+from .base import Distiller, Vanilla, kd_loss, normalize_logits
+from .registry import METHODS, register
+
+
+def method_class(name):
+    """The class registered as `name`; KeyError lists the valid names."""
+    if name not in METHODS:
+        raise KeyError(f"unknown --distill {name!r}; choose one of {', '.join(sorted(METHODS))}")
+    return METHODS[name]

@@ -1,0 +1,69 @@
+"""Checkpoints: atomic writes of plain data, safe reads (`weights_only=True`) of ours and of legacy files."""
+import argparse
+import os
+import tempfile
+
+import torch
+
+from .errors import UsageError
+
+
+class CheckpointWriteError(UsageError):
+    """A checkpoint could not be written (disk full, permissions); the previous file is intact."""
+
+
+def save_atomic(obj, path):
+    """Write `obj` with torch.save to a temporary file beside `path`, fsync it, then rename over `path`."""
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise CheckpointWriteError(
+            f"could not write {path}: {err.strerror or err}; the previous checkpoint is intact, "
+            "free space or fix permissions and rerun with --resume") from err
+    try:  # make the rename itself durable
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def load_checkpoint(path):
+    """Read a checkpoint on CPU without executing arbitrary pickled code (legacy argparse options allowed)."""
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint {path} does not exist; check the path")
+    safe = getattr(torch.serialization, "safe_globals", None)
+    try:
+        if safe is not None:  # the official `*_last.pth` stores its argparse.Namespace
+            with safe([argparse.Namespace]):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"cannot read checkpoint {path} safely ({first}); it is corrupt, truncated or holds "
+                         "objects other than tensors and plain data; re-download it or use another file") from err
+
+
+def model_state(checkpoint, path="the checkpoint"):
+    """The model state dict inside a checkpoint: its 'model' entry or the object itself, minus `module.`."""
+    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"{path} holds no model state dict (expected {{'model': state_dict}} or a state dict)")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def plain_number(value):
+    """A Python float from a number or a 0-dim tensor (official checkpoints store CUDA scalars)."""
+    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)

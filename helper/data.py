@@ -1,0 +1,61 @@
+"""Data loaders: a seeded, resumable, rank-sharded epoch order; unpadded validation shards."""
+import torch
+from torch.utils.data import DataLoader, Sampler, Subset
+
+
+class EpochSampler(Sampler):
+    """Indices for one epoch drawn from (seed, epoch) alone, padded and sharded over ranks; can skip a prefix."""
+
+    def __init__(self, size, seed, shuffle=True, rank=0, world_size=1):
+        self.size, self.seed, self.shuffle = size, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.per_rank = -(-size // world_size)
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch, skip=0):
+        """Select the epoch's order and how many of this rank's leading samples to skip (resume)."""
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self):
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(self.size, generator=generator)
+        else:
+            order = torch.arange(self.size)
+        padding = self.per_rank * self.world_size - self.size
+        if padding:  # as DistributedSampler: every rank gets the same number of steps
+            order = torch.cat([order, order[:padding]])
+        return iter(order[self.rank::self.world_size][self.skip:].tolist())
+
+    def __len__(self):
+        return self.per_rank - self.skip
+
+
+def train_loader(dataset, batch_size, seed, runtime, num_workers=8):
+    """The training loader: per-rank batch size `batch_size`, seeded order, workers re-created every epoch.
+
+    Workers are not persistent so that each epoch's workers see the dataset's current epoch (seeded augmentation).
+    """
+    sampler = EpochSampler(len(dataset), seed, True, runtime.rank, runtime.world_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      pin_memory=runtime.device.type == "cuda", drop_last=False)
+
+
+def eval_loader(dataset, batch_size, runtime, num_workers=4):
+    """A validation loader over this rank's unpadded shard (rank, rank+W, ...), so the ranks cover the set once."""
+    if runtime.distributed:
+        dataset = Subset(dataset, range(runtime.rank, len(dataset), runtime.world_size))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=runtime.device.type == "cuda")
+
+
+def load_datasets(opt, image_size=None, contrast=False):
+    """Train and validation sets of `opt.dataset` (the train set seeded by `opt.seed`; CRD-sampled on request)."""
+    from dataset import build_dataset, crd_dataset
+
+    train = build_dataset(opt.dataset, opt.data_root, "train", download=opt.download, image_size=image_size)
+    val = build_dataset(opt.dataset, opt.data_root, "val", download=opt.download, image_size=image_size)
+    if contrast:
+        train = crd_dataset(train, opt.nce_k, opt.mode)
+    train.seed = opt.seed
+    return train, val

@@ -1,0 +1,106 @@
+"""The shared main of the student scripts (CIFAR and ImageNet): teacher, student, method, run folder, training."""
+import os
+
+from distiller_zoo import METHODS, method_class
+from models.norm import matched_feature, probe_features  # noqa: F401 - re-exported for scripts' users
+from .data import load_datasets
+from .engine import validate
+from .errors import UsageError
+from .model_loading import build_model, load_model_file, matching_architectures
+from .checkpoint import load_checkpoint, model_state
+from .options import base_parser, resolve_seed
+from .runtime import cleanup, seed_everything, setup_runtime
+from .trainer import Trainer, prepare_run_dir
+
+SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")  # the official scripts train these at lr 0.01
+
+
+def student_parser(profile):
+    """The student script's flags: the shared ones, the paper's distillation flags and every method's own."""
+    p = base_parser(profile["description"], epochs=profile["epochs"], batch_size=profile["batch_size"],
+                    learning_rate=None, weight_decay=profile["weight_decay"], lr_decay=profile["lr_decay"],
+                    lr_decay_epochs=profile["lr_decay_epochs"], dataset=profile["dataset"],
+                    datasets=profile["datasets"], num_workers=profile["num_workers"])
+    g = p.add_argument_group("distillation (paper symbols in brackets)")
+    g.add_argument("--path_t", default=None, help="teacher checkpoint ({'model': state_dict} or a state dict)")
+    g.add_argument("--model_t", default=None, help="teacher architecture (default: read from the checkpoint)")
+    g.add_argument("--model_s", default=profile["model_s"], help="student architecture")
+    g.add_argument("--distill", default="NORM", help=f"method: {', '.join(sorted(METHODS))}")
+    g.add_argument("-r", "--gamma", type=float, default=None, help="weight of the cross-entropy")
+    g.add_argument("-a", "--alpha", type=float, default=None, help="weight of KD [paper: beta]")
+    g.add_argument("-b", "--beta", type=float, default=None, help="weight of the method's loss [paper: alpha]")
+    g.add_argument("-c", "--ceta", type=float, default=None,
+                   help="logit layer-norm scale for CE/KD (NORM default 2.5, others 0 = raw logits)")
+    g.add_argument("--kd_T", type=float, default=4.0, help="KD temperature")
+    for cls in METHODS.values():
+        cls.add_arguments(g)
+    return p
+
+
+def run_name(opt, weights, dataset_tag):
+    """The official run-folder name T_{t}_S_{s}_{data}_{distill}_r_{r}_a_{a}_b_{b}_c_{c}_s_{N}_{trial}."""
+    return (f"T_{opt.model_t}_S_{opt.model_s}_{dataset_tag}_{opt.distill}_r_{weights['gamma']}_a_{weights['alpha']}"
+            f"_b_{weights['beta']}_c_{weights['logit_scale']}_s_{opt.co_sponge}_{opt.trial}")
+
+
+def infer_teacher_name(zoo, path, num_classes):
+    """The teacher architecture stored in `path`, found by matching its keys and shapes against the zoo."""
+    state = model_state(load_checkpoint(path), path)
+    names = matching_architectures(zoo, state, num_classes)
+    if len(names) != 1:
+        found = f"several architectures fit it ({', '.join(names)})" if names else "no architecture fits it"
+        raise UsageError(f"cannot tell the teacher architecture of {path}: {found}; pass --model_t")
+    return names[0]
+
+
+def student_main(argv, profile):
+    """Parse, build and train; every user error surfaces as UsageError (one line, exit code 2)."""
+    opt = student_parser(profile).parse_args(argv)
+    cls = method_class_or_error(opt.distill)
+    if opt.path_t is None:
+        opt.path_t = profile["default_path_t"](opt)
+    if not opt.path_t or not os.path.isfile(opt.path_t):
+        raise UsageError(f"teacher checkpoint {opt.path_t!r} not found; pass --path_t (e.g. fetch teachers with "
+                         f"{profile['fetch_hint']}, or train one with {profile['teacher_hint']})")
+    if opt.learning_rate is None:
+        opt.learning_rate = 0.01 if opt.model_s in SMALL_LR_STUDENTS else profile["learning_rate"]
+    num_classes = profile["num_classes"](opt)
+    if opt.model_t is None:
+        opt.model_t = infer_teacher_name(profile["zoo"], opt.path_t, num_classes)
+    if opt.model_s not in profile["zoo"]:
+        build_model(profile["zoo"], opt.model_s, num_classes, "--model_s")
+    weights = cls.weights(opt)
+    run_dir = os.path.join(opt.save_root, "student_model", run_name(opt, weights, opt.dataset))
+    prepare_run_dir(run_dir, opt.model_s, opt.resume)
+    resolve_seed(opt, run_dir)
+
+    runtime = setup_runtime(opt.device, opt.amp, opt.channels_last, opt.deterministic)
+    try:
+        seed_everything(opt.seed + runtime.rank)
+        train_set, val_set = load_datasets(opt, profile["image_size"], contrast=cls.needs_contrast)
+        teacher = load_model_file(profile["zoo"], opt.model_t, opt.path_t, num_classes, "--model_t")
+        student = build_model(profile["zoo"], opt.model_s, num_classes, "--model_s")
+        data = {"n_data": len(train_set), "image_size": profile["probe_size"], "in_channels": 3,
+                "schedule_kind": profile["schedule_kind"]}
+        try:
+            method = cls.build(student, teacher, opt, data)
+        except ValueError as err:
+            raise UsageError(f"--distill {opt.distill} cannot distill {opt.model_t} into {opt.model_s}: {err}")
+        trainer = Trainer(method, student, opt, runtime, run_dir=run_dir, name=opt.model_s, train_set=train_set,
+                          val_set=val_set, record={"teacher": opt.model_t, "student": opt.model_s,
+                                                   "method": opt.distill, "dataset": opt.dataset,
+                                                   "trial": opt.trial})
+        teacher_acc = validate(teacher, trainer.val_loader, runtime)
+        trainer.log(f"teacher {opt.model_t} accuracy: acc@1 {teacher_acc['acc1']:.2f} acc@5 {teacher_acc['acc5']:.2f}")
+        trainer.record["teacher_acc"] = teacher_acc["acc1"]
+        return trainer.fit()
+    finally:
+        cleanup()
+
+
+def method_class_or_error(name):
+    """The method class for `--distill name`, or a UsageError listing the valid names."""
+    try:
+        return method_class(name)
+    except KeyError as err:
+        raise UsageError(err.args[0]) from None

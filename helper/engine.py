@@ -1,0 +1,124 @@
+"""The one training step loop and the one validation loop, shared by every script, dataset and method."""
+import sys
+
+import torch
+import torch.nn.functional as F
+
+from .errors import UsageError
+from .meters import correct_topk
+from .runtime import all_reduce_sum
+
+
+class Interrupted(Exception):
+    """Training stopped on a signal after `steps_done` steps of the epoch."""
+
+    def __init__(self, steps_done):
+        super().__init__(steps_done)
+        self.steps_done = steps_done
+
+
+class NonFiniteLoss(UsageError):
+    """A loss term became NaN or infinite."""
+
+
+def _progress(iterable, total, desc, enabled):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _to_device(batch, runtime):
+    images, targets, *extra = batch
+    images = images.to(runtime.device, non_blocking=True)
+    if runtime.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    extra = [x.to(runtime.device, non_blocking=True) for x in extra]
+    index = extra[0] if extra else None
+    contrast = extra[1] if len(extra) > 1 else None
+    return images, targets.to(runtime.device, non_blocking=True), index, contrast
+
+
+def train_one_epoch(method, loader, optimizer, runtime, epoch, *, scaler=None, start_step=0, print_freq=100,
+                    stop=None, progress=None, log=print):
+    """Train one epoch (from `start_step` when resuming); returns averaged loss terms and train accuracy.
+
+    The loop never reads values back from the device except every `print_freq` steps: loss terms and
+    top-k counts accumulate on the device, and the first non-finite step of each term is tracked there too.
+    """
+    method.train()
+    progress = sys.stderr.isatty() if progress is None else progress
+    names, totals, first_bad = None, None, None
+    total_steps = start_step + len(loader)
+    bar = _progress(loader, len(loader), f"epoch {epoch}", progress and runtime.is_main)
+    step = start_step
+    for step, batch in enumerate(bar, start=start_step):
+        images, targets, index, contrast = _to_device(batch, runtime)
+        with runtime.autocast():
+            logits, losses = method(images, targets, index=index, contrast_index=contrast)
+        loss = sum(losses.values())
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+
+        values = torch.stack([v.detach().float() for v in losses.values()])
+        n = targets.new_tensor(targets.shape[0], dtype=torch.float32)
+        stats = torch.cat([values * n, correct_topk(logits.detach(), targets).float(), n[None]])
+        if totals is None:
+            names = list(losses)
+            totals = torch.zeros_like(stats)
+            first_bad = torch.full_like(values, -1)
+        totals += stats
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(values), float(step), first_bad)
+
+        if (step + 1) % print_freq == 0 or step + 1 == total_steps:
+            _check_finite(first_bad, names, epoch)
+            if runtime.is_main and not progress:
+                avg = totals[:len(names)] / totals[-1]
+                terms = " ".join(f"{k} {v:.4f}" for k, v in zip(names, avg.tolist()))
+                log(f"epoch {epoch} [{step + 1}/{total_steps}] {terms} lr {optimizer.param_groups[0]['lr']:.5g}")
+        if stop is not None and stop.should_stop(step, runtime):
+            _check_finite(first_bad, names, epoch)
+            raise Interrupted(step + 1)
+    if totals is None:
+        return {}
+    totals = all_reduce_sum(totals, runtime)
+    count = totals[-1]
+    result = {f"loss/{k}": v for k, v in zip(names, (totals[:len(names)] / count).tolist())}
+    result["loss/total"] = sum(result.values())
+    result["train_acc1"], result["train_acc5"] = (100 * totals[len(names):-1] / count).tolist()
+    return result
+
+
+def _check_finite(first_bad, names, epoch):
+    """Raise NonFiniteLoss naming the epoch, step and term of the first non-finite loss (one host sync)."""
+    bad = first_bad.tolist()
+    hits = [(int(s), name) for s, name in zip(bad, names) if s >= 0]
+    if hits:
+        step, _ = min(hits)
+        terms = ", ".join(name for s, name in hits if s == step)
+        raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {step + 1} in term(s) {terms}; the last good "
+                            "checkpoint is kept: lower the learning rate or the term's weight and rerun with --resume")
+
+
+@torch.no_grad()
+def validate(model, loader, runtime):
+    """Top-1/top-5 accuracy (percent) and mean cross-entropy of `model` over all ranks' shards of `loader`."""
+    model.eval()
+    totals = torch.zeros(4, device=runtime.device)
+    for batch in loader:
+        images, targets, _, _ = _to_device(batch, runtime)
+        with runtime.autocast():
+            logits = model(images)
+        logits = logits.float()
+        loss = F.cross_entropy(logits, targets, reduction="sum")
+        n = torch.tensor([targets.shape[0]], device=runtime.device, dtype=torch.float32)
+        totals += torch.cat([loss[None], correct_topk(logits, targets).float(), n])
+    loss, top1, top5, count = all_reduce_sum(totals, runtime).tolist()
+    count = max(count, 1)
+    return {"acc1": 100 * top1 / count, "acc5": 100 * top5 / count, "loss": loss / count}

@@ -1,0 +1,77 @@
+"""Command-line flags shared by the training scripts (the official names and defaults)."""
+import json
+import os
+import secrets
+
+from .errors import ArgumentParser, UsageError
+
+
+def int_list(text):
+    """'150,180,210' -> [150, 180, 210]."""
+    try:
+        return [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise ValueError
+    return value
+
+
+positive_int.__name__ = "integer >= 1"  # argparse names the type in its error message
+
+
+def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay, lr_decay, lr_decay_epochs,
+                dataset, datasets, save_freq=40, num_workers=8):
+    """A parser with the optimisation, data, device and bookkeeping flags every script has."""
+    p = ArgumentParser(description=description)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=positive_int, default=epochs, help="number of training epochs")
+    g.add_argument("--batch_size", type=positive_int, default=batch_size, help="batch size (per process)")
+    g.add_argument("--learning_rate", type=float, default=learning_rate,
+                   help="initial learning rate (default: the official one for the model)")
+    g.add_argument("--lr_decay", choices=["step", "cos"], default=lr_decay, help="learning-rate schedule")
+    g.add_argument("--lr_decay_epochs", type=int_list, default=lr_decay_epochs,
+                   help="epochs after which a step schedule decays, e.g. 150,180,210")
+    g.add_argument("--lr_decay_rate", type=float, default=0.1, help="step-schedule decay factor")
+    g.add_argument("--weight_decay", type=float, default=weight_decay, help="weight decay")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=datasets, default=dataset, help="dataset")
+    g.add_argument("--data_root", default="./data", help="folder holding the dataset")
+    g.add_argument("--download", action="store_true", help="download the dataset when it is missing (online)")
+    g.add_argument("--num_workers", type=int, default=num_workers, help="data-loading worker processes")
+    g = p.add_argument_group("run")
+    g.add_argument("--trial", default="0", help="name of this trial (part of the run folder)")
+    g.add_argument("--save_root", default="./save", help="where run folders and results.jsonl go")
+    g.add_argument("--save_freq", type=positive_int, default=save_freq, help="write ckpt_epoch_E.pth every E")
+    g.add_argument("--print_freq", type=positive_int, default=100, help="log every this many steps")
+    g.add_argument("--resume", action="store_true", help="continue the run in its folder from its last checkpoint")
+    g.add_argument("--seed", type=int, default=None, help="random seed (default: drawn and saved in config.json)")
+    g.add_argument("--progress", action="store_true", default=None,
+                   help="force tqdm progress bars (default: only on a terminal)")
+    g = p.add_argument_group("device and speed")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:K")
+    g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
+    g.add_argument("--channels_last", action="store_true", help="channels-last memory format")
+    g.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume on CPU)")
+    g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across DDP ranks")
+    g.add_argument("--fused_sgd", action="store_true", help="fused SGD kernel (CUDA)")
+    return p
+
+
+def resolve_seed(opt, run_dir):
+    """Without --seed: reuse the run's saved seed on --resume, else draw one (it is saved in config.json)."""
+    if opt.seed is None and opt.resume:
+        try:
+            with open(os.path.join(run_dir, "config.json")) as handle:
+                opt.seed = json.load(handle).get("seed")
+        except (OSError, ValueError):
+            pass
+    if opt.seed is None:
+        opt.seed = secrets.randbelow(2**31)
+    return opt

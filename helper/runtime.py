@@ -1,0 +1,126 @@
+"""Where and how a run executes: device, torchrun/DDP ranks, seeding, AMP; set up once per process."""
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .errors import UsageError
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Runtime:
+    """The process's device, rank, world size and numeric settings."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    amp_dtype: Optional[torch.dtype] = None
+    channels_last: bool = False
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+    def autocast(self):
+        """Autocast context for the forward pass (a no-op without --amp)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def grad_scaler(self):
+        """A gradient scaler for fp16, else None."""
+        if self.amp_dtype is not torch.float16:
+            return None
+        scaler_cls = getattr(torch.amp, "GradScaler", None)
+        return scaler_cls(self.device.type) if scaler_cls else torch.cuda.amp.GradScaler()
+
+    def to_device(self, module):
+        """Move a module to the run's device (and memory format)."""
+        module = module.to(self.device)
+        return module.to(memory_format=torch.channels_last) if self.channels_last else module
+
+
+def choose_device(requested="auto", local_rank=0):
+    """CUDA when present (or asked for), else CPU; a clear error when the asked-for device is missing."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu")
+        if requested == "cuda":
+            requested = f"cuda:{local_rank}"
+    return torch.device(requested)
+
+
+def setup_runtime(device="auto", amp="none", channels_last=False, deterministic=False):
+    """Read torchrun's environment, join the process group, pick the device and numeric modes."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = choose_device(device, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if amp not in AMP_DTYPES:
+        raise UsageError(f"unknown --amp {amp!r}; use none, bf16 or fp16")
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    else:
+        torch.backends.cudnn.benchmark = True
+    return Runtime(dev, rank, world_size, local_rank, AMP_DTYPES[amp], channels_last)
+
+
+def seed_everything(seed):
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    """The process's RNG states as plain data (for checkpoints)."""
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    """Restore what `rng_state` returned."""
+    version, *internal = state["python"]
+    random.setstate((version, tuple(internal[0]), internal[1]))
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def all_reduce_sum(tensor, runtime):
+    """Sum a tensor over all ranks (identity in a single process)."""
+    if runtime.distributed:
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def cleanup():
+    """Leave the process group if one was joined."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

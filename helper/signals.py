@@ -1,0 +1,42 @@
+"""Graceful stops: SIGTERM/SIGINT set a flag that the training loop checks between steps."""
+import signal
+
+import torch
+import torch.distributed as dist
+
+
+class StopRequest:
+    """Remembers the first SIGTERM/SIGINT; a second SIGINT interrupts at once."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def install(self):
+        """Catch SIGTERM and SIGINT in this process (main thread only)."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def uninstall(self):
+        """Restore the previous handlers."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def should_stop(self, step, runtime, every=20):
+        """True when this process (or, under DDP, any rank at a sync point) was asked to stop."""
+        if not runtime.distributed:
+            return self.signum is not None
+        if (step + 1) % every:
+            return False
+        flag = torch.tensor([self.signum or 0], device=runtime.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.signum is None:
+            self.signum = int(flag.item())
+        return bool(flag.item())

@@ -1,0 +1,221 @@
+"""The run driver shared by the three training scripts: run folder, resume, epochs, checkpoints, logs, results."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from .checkpoint import load_checkpoint, save_atomic
+from .data import eval_loader, train_loader
+from .engine import Interrupted, train_one_epoch, validate
+from .errors import UsageError
+from .runtime import rng_state, set_rng_state
+from .schedule import learning_rate, set_learning_rate
+from .signals import StopRequest
+
+# Options that may change between an interrupted run and its resumption without changing what is learned.
+OPERATIONAL_OPTIONS = {"resume", "num_workers", "print_freq", "device", "data_root", "download", "progress",
+                       "save_root", "deterministic", "tb_freq", "save_freq"}
+
+
+def plain_config(opt):
+    """The options as JSON-compatible plain data."""
+    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else
+                list(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in sorted(vars(opt).items())}
+
+
+def config_differences(saved, current):
+    """Names of the options that differ between a saved run and this command line (operational ones ignored)."""
+    keys = (set(saved) | set(current)) - OPERATIONAL_OPTIONS
+    return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
+def git_commit():
+    """The project's current git commit, or None outside a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def prepare_run_dir(run_dir, name, resume):
+    """Create the run folder; refuse to overwrite an existing run unless resuming. Returns the last-file path."""
+    last = os.path.join(run_dir, f"{name}_last.pth")
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create the run folder {run_dir} ({err.strerror}); choose a writable --save_root")
+    if not os.access(run_dir, os.W_OK):
+        raise UsageError(f"the run folder {run_dir} is not writable; choose a writable --save_root")
+    if resume and not os.path.isfile(last):
+        raise UsageError(f"--resume: {last} does not exist; start the run without --resume")
+    if not resume and os.path.isfile(last):
+        raise UsageError(f"{run_dir} already holds a run; add --resume to continue it, or pick another --trial")
+    return last
+
+
+class Trainer:
+    """Drives one run: `method` wraps `student`; checkpoints go to `run_dir` as `<name>_{best,last}.pth`."""
+
+    def __init__(self, method, student, opt, runtime, *, run_dir, name, train_set, val_set, record=None):
+        self.method, self.student, self.opt, self.runtime = method, student, opt, runtime
+        self.run_dir, self.name, self.train_set, self.val_set = run_dir, name, train_set, val_set
+        self.record = record or {}
+        self.config = plain_config(opt)
+        self.last_path = os.path.join(run_dir, f"{name}_last.pth")
+        self.best_acc, self.start_epoch, self.start_step = 0.0, 1, 0
+        self.history = []
+
+        runtime.to_device(method)
+        params = [p for p in method.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum,
+                                         weight_decay=opt.weight_decay, **_sgd_speed_options(runtime, opt))
+        self.scaler = runtime.grad_scaler()
+        self.model = method
+        if runtime.distributed:
+            self.model = DistributedDataParallel(
+                method, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+        self.train_loader = train_loader(train_set, opt.batch_size, opt.seed, runtime, opt.num_workers)
+        self.val_loader = eval_loader(val_set, opt.batch_size, runtime, max(opt.num_workers // 2, 0))
+        self.writer = None
+
+    # ---------------------------------------------------------------- checkpoints
+    def state(self, epoch, step, accuracy):
+        """Everything needed to continue the run, as plain data."""
+        return {"epoch": epoch, "step": step, "model": self.student.state_dict(),
+                "method": self.method.method_state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler else None, "accuracy": float(accuracy),
+                "best_acc": float(self.best_acc), "rng": rng_state(), "config": self.config,
+                "history": self.history}
+
+    def save(self, path, payload):
+        """Rank 0 writes `payload` atomically."""
+        if self.runtime.is_main:
+            save_atomic(payload, path)
+
+    def resume(self):
+        """Load the run's last checkpoint; refuse when the configuration changed."""
+        ckpt = load_checkpoint(self.last_path)
+        diffs = config_differences(ckpt.get("config", {}), self.config)
+        if diffs:
+            shown = ", ".join(f"{k} (saved {ckpt['config'].get(k)!r}, now {self.config.get(k)!r})" for k in diffs)
+            raise UsageError(f"--resume with a changed configuration: {shown}; rerun with the saved options")
+        self.student.load_state_dict(ckpt["model"])
+        self.method.load_method_state_dict(ckpt["method"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.best_acc, self.history = ckpt["best_acc"], list(ckpt.get("history", []))
+        set_rng_state(ckpt["rng"])
+        epoch, step = ckpt["epoch"], ckpt["step"]
+        self.start_epoch, self.start_step = (epoch, step) if step else (epoch + 1, 0)
+
+    # ---------------------------------------------------------------- the run
+    def log(self, message):
+        """Print on rank 0."""
+        if self.runtime.is_main:
+            print(message, flush=True)
+
+    def fit(self):
+        """Train from the start (or the resumed position) to `--epochs`; returns the final summary dict."""
+        opt, runtime = self.opt, self.runtime
+        if opt.resume:
+            self.resume()
+            self.log(f"resuming {self.run_dir} at epoch {self.start_epoch}, step {self.start_step}")
+        elif runtime.is_main:
+            with open(os.path.join(self.run_dir, "config.json"), "w") as handle:
+                json.dump(self.config, handle, indent=2)
+        if runtime.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(os.path.join(self.run_dir, "tensorboard"))
+        stop = StopRequest().install()
+        started = time.time()
+        try:
+            for epoch in range(self.start_epoch, opt.epochs + 1):
+                self.run_epoch(epoch, stop)
+        except Interrupted as interrupt:
+            return self.interrupted(interrupt, stop)
+        finally:
+            stop.uninstall()
+            if self.writer is not None:
+                self.writer.close()
+        return self.finish(time.time() - started)
+
+    def run_epoch(self, epoch, stop):
+        """One epoch: schedules, training, validation, logs and checkpoints."""
+        opt = self.opt
+        skip = self.start_step if epoch == self.start_epoch else 0
+        lr = learning_rate(epoch, opt.learning_rate, opt.epochs, opt.lr_decay, opt.lr_decay_epochs,
+                           opt.lr_decay_rate)
+        set_learning_rate(self.optimizer, lr)
+        self.method.set_epoch(epoch)
+        if hasattr(self.train_set, "set_epoch"):
+            self.train_set.set_epoch(epoch)
+        self.train_loader.sampler.set_epoch(epoch, skip * opt.batch_size)
+        tic = time.time()
+        try:
+            train = train_one_epoch(self.model, self.train_loader, self.optimizer, self.runtime, epoch,
+                                    scaler=self.scaler, start_step=skip, print_freq=opt.print_freq, stop=stop,
+                                    progress=opt.progress, log=self.log)
+        except Interrupted as interrupt:
+            self.save(self.last_path, self.state(epoch, interrupt.steps_done, 0.0))
+            raise
+        seconds = time.time() - tic
+        val = validate(self.student, self.val_loader, self.runtime)
+        is_best = val["acc1"] > self.best_acc
+        self.best_acc = max(self.best_acc, val["acc1"])
+        images = (len(self.train_loader.sampler)) * self.runtime.world_size
+        row = {"epoch": epoch, "lr": lr, **train, "test_acc": val["acc1"], "test_acc_top5": val["acc5"],
+               "test_loss": val["loss"], "images_per_s": images / max(seconds, 1e-9)}
+        self.history.append({k: row[k] for k in ("epoch", "test_acc", "test_acc_top5")})
+        self.log(f"epoch {epoch}/{opt.epochs} lr {lr:.5g} train loss {train.get('loss/total', 0):.4f} "
+                 f"acc {train.get('train_acc1', 0):.2f} | test acc@1 {val['acc1']:.2f} acc@5 {val['acc5']:.2f} "
+                 f"loss {val['loss']:.4f} | best {self.best_acc:.2f} | {row['images_per_s']:.0f} img/s")
+        if self.writer is not None:
+            for key, value in row.items():
+                if key != "epoch":
+                    self.writer.add_scalar(key, value, epoch)
+        if is_best:
+            self.save(os.path.join(self.run_dir, f"{self.name}_best.pth"),
+                      {"epoch": epoch, "model": self.student.state_dict(), "best_acc": float(self.best_acc),
+                       "accuracy": float(val["acc1"]), "config": self.config})
+        if epoch % opt.save_freq == 0:
+            self.save(os.path.join(self.run_dir, f"ckpt_epoch_{epoch}.pth"),
+                      {"epoch": epoch, "model": self.student.state_dict(), "accuracy": float(val["acc1"]),
+                       "optimizer": self.optimizer.state_dict(), "method": self.method.method_state_dict()})
+        self.save(self.last_path, self.state(epoch, 0, val["acc1"]))
+        self.last_acc = val
+
+    def interrupted(self, interrupt, stop):
+        """Report how to resume after a signal; the resumable checkpoint is already written."""
+        self.log(f"stopped by signal {stop.signum}; a resumable checkpoint is in {self.last_path}; continue with "
+                 "the same command plus --resume")
+        sys.exit(128 + (stop.signum or 15))
+
+    def finish(self, seconds):
+        """Summary line, and one JSON line appended to <save_root>/results.jsonl."""
+        last = self.history[-1] if self.history else {"test_acc": 0.0, "test_acc_top5": 0.0}
+        best5 = max((h["test_acc_top5"] for h in self.history if h["test_acc"] == self.best_acc), default=0.0)
+        summary = {"run": self.run_dir, **self.record, "best_acc": self.best_acc, "best_acc_top5": best5,
+                   "last_acc": last["test_acc"], "last_acc_top5": last["test_acc_top5"],
+                   "epochs": self.opt.epochs, "wall_time_s": round(seconds, 1), "commit": git_commit(),
+                   "config": self.config}
+        self.log(f"summary: {self.name} best acc@1 {self.best_acc:.2f} last acc@1 {last['test_acc']:.2f} "
+                 f"({self.run_dir})")
+        if self.runtime.is_main:
+            os.makedirs(self.opt.save_root, exist_ok=True)
+            with open(os.path.join(self.opt.save_root, "results.jsonl"), "a") as handle:
+                handle.write(json.dumps(summary) + "\n")
+        return summary
+
+
+def _sgd_speed_options(runtime, opt):
+    """Fused SGD on CUDA when asked for (--fused_sgd); foreach is PyTorch's default elsewhere."""
+    if getattr(opt, "fused_sgd", False) and runtime.device.type == "cuda":
+        return {"fused": True}
+    return {}

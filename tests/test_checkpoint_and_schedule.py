@@ -1,0 +1,96 @@
+"""Checkpoint safety (atomic writes, safe and legacy reads) and the learning-rate schedules."""
+import argparse
+import errno
+import math
+import os
+
+import pytest
+import torch
+
+from helper import checkpoint
+from helper.checkpoint import CheckpointWriteError, load_checkpoint, model_state, save_atomic
+from helper.errors import UsageError
+from helper.schedule import learning_rate
+
+
+@pytest.mark.parametrize("epoch,expected", [(1, 0.05), (150, 0.05), (151, 0.005), (180, 0.005), (181, 0.0005),
+                                            (211, 0.00005), (240, 0.00005)])
+def test_step_schedule_matches_repdistiller(epoch, expected):
+    assert learning_rate(epoch, 0.05, 240, "step", [150, 180, 210]) == pytest.approx(expected)
+
+
+def test_cosine_schedule_starts_at_base_and_decays_to_near_zero():
+    assert learning_rate(1, 0.1, 100, "cos") == pytest.approx(0.1)
+    assert learning_rate(51, 0.1, 100, "cos") == pytest.approx(0.05)
+    assert learning_rate(100, 0.1, 100, "cos") == pytest.approx(0.05 * (1 + math.cos(math.pi * 99 / 100)))
+
+
+def test_atomic_save_round_trip(tmp_path):
+    path = tmp_path / "a.pth"
+    save_atomic({"epoch": 3, "model": {"w": torch.arange(4.0)}, "accuracy": 71.5}, str(path))
+    loaded = load_checkpoint(str(path))
+    assert loaded["epoch"] == 3 and loaded["accuracy"] == 71.5
+    torch.testing.assert_close(loaded["model"]["w"], torch.arange(4.0))
+    assert [p.name for p in tmp_path.iterdir()] == ["a.pth"]  # no temporary file left behind
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / "last.pth")
+    save_atomic({"epoch": 1}, path)
+
+    def disk_full(obj, handle):
+        handle.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(CheckpointWriteError, match="No space left on device"):
+        save_atomic({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert load_checkpoint(path)["epoch"] == 1
+    assert os.listdir(tmp_path) == ["last.pth"]
+
+
+def test_official_last_file_with_namespace_and_cuda_tensors_loads_on_cpu(tmp_path, monkeypatch):
+    path = str(tmp_path / "resnet8x4_last.pth")
+    # write tensors tagged as CUDA storages, as the official scripts did on their GPUs
+    monkeypatch.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+    torch.save({"opt": argparse.Namespace(model_s="resnet8x4", co_sponge=8), "model": {"w": torch.ones(2)},
+                "best_acc": torch.tensor(76.2)}, path)
+    monkeypatch.undo()
+    loaded = load_checkpoint(path)
+    assert loaded["opt"].co_sponge == 8
+    assert loaded["model"]["w"].device.type == "cpu"
+    assert checkpoint.plain_number(loaded["best_acc"]) == pytest.approx(76.2)
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def test_arbitrary_pickles_are_refused_not_executed(tmp_path):
+    path = str(tmp_path / "evil.pth")
+    torch.save({"model": Exploit()}, path)
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(UsageError, match="cannot read checkpoint"):
+            load_checkpoint(path)
+    finally:
+        os.chdir(cwd)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_truncated_file_gives_a_clear_error(tmp_path):
+    path = tmp_path / "cut.pth"
+    save_atomic({"model": {"w": torch.ones(1000)}}, str(path))
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(UsageError, match="corrupt, truncated"):
+        load_checkpoint(str(path))
+
+
+def test_model_state_strips_module_prefix_and_accepts_raw_state_dicts():
+    assert list(model_state({"model": {"module.fc.weight": torch.ones(1)}})) == ["fc.weight"]
+    assert list(model_state({"fc.weight": torch.ones(1)})) == ["fc.weight"]
+    with pytest.raises(UsageError):
+        model_state({"epoch": 3})

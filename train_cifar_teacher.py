@@ -1,0 +1,56 @@
+"""Train a CIFAR teacher (plain cross-entropy) in RepDistiller's checkpoint format.
+
+Example: python train_cifar_teacher.py --model resnet32x4 --trial 0
+"""
+import os
+
+from dataset import num_classes
+from distiller_zoo import Vanilla
+from helper.data import load_datasets
+from helper.errors import run_cli
+from helper.model_loading import build_model
+from helper.options import base_parser, resolve_seed
+from helper.runtime import cleanup, seed_everything, setup_runtime
+from helper.trainer import Trainer, prepare_run_dir
+from models import model_dict
+
+SMALL_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")  # trained at lr 0.01 by the official scripts
+
+
+def parser():
+    """The official teacher flags plus dataset, seed and device choices."""
+    p = base_parser("Train a CIFAR-100/CIFAR-10/Fashion-MNIST model from scratch.", epochs=240, batch_size=64,
+                    learning_rate=None, weight_decay=5e-4, lr_decay="step", lr_decay_epochs=[150, 180, 210],
+                    dataset="cifar100", datasets=["cifar100", "cifar10", "fashion_mnist"], save_freq=40)
+    p.add_argument("--model", default="resnet110", help=f"architecture: {', '.join(model_dict)}")
+    return p
+
+
+def main(argv=None):
+    """Parse, build and train."""
+    opt = parser().parse_args(argv)
+    if opt.learning_rate is None:
+        opt.learning_rate = 0.01 if opt.model in SMALL_LR_MODELS else 0.05
+    classes = num_classes(opt.dataset)
+    if opt.model not in model_dict:
+        build_model(model_dict, opt.model, classes, "--model")  # raises the one-line error
+    run_dir = os.path.join(opt.save_root, "models", f"{opt.model}_{opt.dataset}_lr_{opt.learning_rate}_decay_"
+                                                    f"{opt.weight_decay}_trial_{opt.trial}")
+    prepare_run_dir(run_dir, opt.model, opt.resume)
+    resolve_seed(opt, run_dir)
+    runtime = setup_runtime(opt.device, opt.amp, opt.channels_last, opt.deterministic)
+    try:
+        seed_everything(opt.seed + runtime.rank)
+        train_set, val_set = load_datasets(opt)
+        model = build_model(model_dict, opt.model, classes, "--model")
+        trainer = Trainer(Vanilla(model), model, opt, runtime, run_dir=run_dir, name=opt.model,
+                          train_set=train_set, val_set=val_set,
+                          record={"teacher": None, "student": opt.model, "method": "vanilla",
+                                  "dataset": opt.dataset, "trial": opt.trial})
+        return trainer.fit()
+    finally:
+        cleanup()
+
+
+if __name__ == "__main__":
+    run_cli(main)
