@@ -1,0 +1,57 @@
+"""ImageNet (or any ImageFolder tree with train/ and val/) with indexed, reproducibly augmented items."""
+import os
+
+from torchvision import datasets, transforms
+
+from .common import EpochSeeded, not_found
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+def candidate_dirs(root, split):
+    """The split folders tried, in order: <root>/<split>, then <root>/imagenet/<split>."""
+    return [os.path.join(root, split), os.path.join(root, "imagenet", split)]
+
+
+def find_split_dir(root, split):
+    """The first existing split folder for `split` ('train' or 'val') under `root`, else DatasetNotFound."""
+    tried = candidate_dirs(root, split)
+    for folder in tried:
+        if os.path.isdir(folder):
+            return folder
+    raise not_found(f"ImageFolder '{split}' split", tried,
+                    "pass --data_root pointing to a folder with train/<class>/ and val/<class>/ images "
+                    "(ImageNet cannot be downloaded automatically)")
+
+
+def imagenet_transforms(train, image_size=224):
+    """RandomResizedCrop + flip (train) or Resize(size*256/224) + CenterCrop (val), then ImageNet normalisation."""
+    tail = [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+    if train:
+        head = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
+    else:
+        head = [transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size)]
+    return transforms.Compose(head + tail)
+
+
+def folder_num_classes(root):
+    """The number of class folders in the train split under `root`."""
+    classes, _ = datasets.folder.find_classes(find_split_dir(root, "train"))
+    return len(classes)
+
+
+class ImageFolderWithIndex(EpochSeeded, datasets.ImageFolder):
+    """torchvision ImageFolder whose items are (img, target, index)."""
+
+    def __init__(self, root, transform=None, seed=None):
+        try:
+            datasets.ImageFolder.__init__(self, root, transform=transform)
+        except FileNotFoundError as err:  # ImageFolder's "no class folders / no valid files" errors
+            raise not_found("ImageFolder images", [root], f"{err}; pass --data_root") from err
+        self._init_seed(seed)
+
+    def __getitem__(self, index):
+        path, target = self.samples[index]
+        img = self._augment(self.loader(path), index)
+        return img, target, index
