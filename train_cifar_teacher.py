@@ -31,7 +31,7 @@ def main(argv=None):
     opt = parser().parse_args(argv)
     if opt.learning_rate is None:
         opt.learning_rate = 0.01 if opt.model in SMALL_LR_MODELS else 0.05
-    classes = num_classes(opt.dataset)
+    classes = num_classes(opt.dataset, opt.data_root)
     if opt.model not in model_dict:
         build_model(model_dict, opt.model, classes, "--model")  # raises the one-line error
     run_dir = os.path.join(opt.save_root, "models", f"{opt.model}_{opt.dataset}_lr_{opt.learning_rate}_decay_"

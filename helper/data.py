@@ -53,9 +53,9 @@ def load_datasets(opt, image_size=None, contrast=False):
     """Train and validation sets of `opt.dataset` (the train set seeded by `opt.seed`; CRD-sampled on request)."""
     from dataset import build_dataset, crd_dataset
 
-    train = build_dataset(opt.dataset, opt.data_root, "train", download=opt.download, image_size=image_size)
+    train = build_dataset(opt.dataset, opt.data_root, "train", download=opt.download, image_size=image_size,
+                          seed=opt.seed)
     val = build_dataset(opt.dataset, opt.data_root, "val", download=opt.download, image_size=image_size)
     if contrast:
         train = crd_dataset(train, opt.nce_k, opt.mode)
-    train.seed = opt.seed
     return train, val

@@ -3,7 +3,7 @@ import difflib
 
 import torch
 
-from .checkpoint import load_checkpoint, model_state
+from .checkpoint import load_checkpoint, model_state, plain_number
 from .errors import UsageError
 
 
@@ -53,3 +53,51 @@ def load_model_file(zoo, name, path, num_classes, flag="--model_t"):
     model = build_model(zoo, name, num_classes, flag)
     state = model_state(load_checkpoint(path), path)
     return load_strict(model, state, name=name, path=path, zoo=zoo, num_classes=num_classes, flag=flag)
+
+
+def load_student_file(zoo, path, *, model_s=None, num_classes=None, n=None, ft=None, official=False):
+    """Build a (NORM) student from checkpoint `path`: ours (options read from its saved config) or official.
+
+    Returns (model, info) where info holds the resolved model_s, n, ft, dataset and the stored accuracy.
+    """
+    from models.norm import attach_feature_transform
+    from .convert import convert_official_student, transform_width
+
+    checkpoint = load_checkpoint(path)
+    config = _config_of(checkpoint)
+    model_s = model_s or config.get("model_s") or config.get("model")
+    if not model_s:
+        raise UsageError(f"{path} does not say which architecture it holds; pass --model_s")
+    n = n or config.get("co_sponge") or 8
+    ft = ft or config.get("ft") or "residual"
+    state = model_state(checkpoint, path)
+    if official:
+        state = convert_official_student(state, ft_bypassed=(n == 1))
+    if num_classes is None:  # read it off the stored classifier
+        with torch.device("meta"):
+            probe = build_model(zoo, model_s, 100, "--model_s")
+        classifier = state.get(probe.classifier_name + ".weight")
+        num_classes = classifier.shape[0] if classifier is not None else 100
+    model = build_model(zoo, model_s, num_classes, "--model_s")
+    width = transform_width(state)
+    if width is not None:
+        if width % n:
+            raise UsageError(f"{path}: the transform is {width} channels wide, not a multiple of N={n}; pass -s")
+        attach_feature_transform(model, width // n, n, ft if ft != "none" else "residual")
+    elif str(config.get("distill", "")).startswith("NORM") or official:
+        attach_feature_transform(model, 1, 1, "none")  # a NORM student without FT: only the variant switch
+    load_strict(model, state, name=model_s, path=path, zoo=zoo, num_classes=num_classes, flag="--model_s")
+    saved = checkpoint.get("best_acc", checkpoint.get("accuracy"))
+    info = {"model_s": model_s, "n": n, "ft": ft if width is not None else "none", "dataset": config.get("dataset"),
+            "saved_accuracy": None if saved is None else plain_number(saved)}
+    return model, info
+
+
+def _config_of(checkpoint):
+    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    return config if isinstance(config, dict) else {}
+
+
+def checkpoint_config(path):
+    """The run options saved in one of our checkpoints ({} for other files)."""
+    return _config_of(load_checkpoint(path))

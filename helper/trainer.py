@@ -16,6 +16,8 @@ from .runtime import rng_state, set_rng_state
 from .schedule import learning_rate, set_learning_rate
 from .signals import StopRequest
 
+INIT_STAGE_EPOCH_OFFSET = 1_000_000
+
 # Options that may change between an interrupted run and its resumption without changing what is learned.
 OPERATIONAL_OPTIONS = {"resume", "num_workers", "print_freq", "device", "data_root", "download", "progress",
                        "save_root", "deterministic", "tb_freq", "save_freq"}
@@ -69,6 +71,7 @@ class Trainer:
         self.config = plain_config(opt)
         self.last_path = os.path.join(run_dir, f"{name}_last.pth")
         self.best_acc, self.start_epoch, self.start_step = 0.0, 1, 0
+        self.init_done = not (getattr(method, "has_init_stage", False) and getattr(opt, "init_epochs", 0) > 0)
         self.history = []
 
         runtime.to_device(method)
@@ -78,8 +81,11 @@ class Trainer:
         self.scaler = runtime.grad_scaler()
         self.model = method
         if runtime.distributed:
+            if getattr(opt, "sync_bn", False):
+                torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)  # converts in place below the root
             self.model = DistributedDataParallel(
-                method, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+                method, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
+                find_unused_parameters=not self.init_done)
         self.train_loader = train_loader(train_set, opt.batch_size, opt.seed, runtime, opt.num_workers)
         self.val_loader = eval_loader(val_set, opt.batch_size, runtime, max(opt.num_workers // 2, 0))
         self.writer = None
@@ -91,7 +97,7 @@ class Trainer:
                 "method": self.method.method_state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler else None, "accuracy": float(accuracy),
                 "best_acc": float(self.best_acc), "rng": rng_state(), "config": self.config,
-                "history": self.history}
+                "history": self.history, "init_done": self.init_done}
 
     def save(self, path, payload):
         """Rank 0 writes `payload` atomically."""
@@ -111,6 +117,7 @@ class Trainer:
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.best_acc, self.history = ckpt["best_acc"], list(ckpt.get("history", []))
+        self.init_done = ckpt.get("init_done", True)
         set_rng_state(ckpt["rng"])
         epoch, step = ckpt["epoch"], ckpt["step"]
         self.start_epoch, self.start_step = (epoch, step) if step else (epoch + 1, 0)
@@ -136,6 +143,8 @@ class Trainer:
         stop = StopRequest().install()
         started = time.time()
         try:
+            if not self.init_done:
+                self.run_init_stage(stop)
             for epoch in range(self.start_epoch, opt.epochs + 1):
                 self.run_epoch(epoch, stop)
         except Interrupted as interrupt:
@@ -145,6 +154,28 @@ class Trainer:
             if self.writer is not None:
                 self.writer.close()
         return self.finish(time.time() - started)
+
+    def run_init_stage(self, stop):
+        """The pre-training stage of AB/FT/FSP (RepDistiller's `init`); an interruption restarts it on resume."""
+        opt = self.opt
+        self.method.set_stage("init")
+        optimizer = torch.optim.SGD(self.method.init_stage_parameters(), lr=self.method.init_learning_rate(opt),
+                                    momentum=opt.momentum, weight_decay=opt.weight_decay)
+        for epoch in range(1, opt.init_epochs + 1):
+            stage_epoch = INIT_STAGE_EPOCH_OFFSET + epoch  # a separate, still seeded, data order
+            if hasattr(self.train_set, "set_epoch"):
+                self.train_set.set_epoch(stage_epoch)
+            self.train_loader.sampler.set_epoch(stage_epoch)
+            try:
+                stats = train_one_epoch(self.model, self.train_loader, optimizer, self.runtime, epoch,
+                                        print_freq=opt.print_freq, stop=stop, progress=opt.progress, log=self.log)
+            except Interrupted:
+                self.save(self.last_path, self.state(0, 0, 0.0))
+                raise
+            self.log(f"init epoch {epoch}/{opt.init_epochs} loss {stats.get('loss/total', 0):.4f}")
+        self.method.set_stage("main")
+        self.init_done = True
+        self.save(self.last_path, self.state(0, 0, 0.0))
 
     def run_epoch(self, epoch, stop):
         """One epoch: schedules, training, validation, logs and checkpoints."""
@@ -167,7 +198,8 @@ class Trainer:
             raise
         seconds = time.time() - tic
         val = validate(self.student, self.val_loader, self.runtime)
-        is_best = val["acc1"] > self.best_acc
+        best_path = os.path.join(self.run_dir, f"{self.name}_best.pth")
+        is_best = val["acc1"] > self.best_acc or not os.path.isfile(best_path)
         self.best_acc = max(self.best_acc, val["acc1"])
         images = (len(self.train_loader.sampler)) * self.runtime.world_size
         row = {"epoch": epoch, "lr": lr, **train, "test_acc": val["acc1"], "test_acc_top5": val["acc5"],
@@ -181,7 +213,7 @@ class Trainer:
                 if key != "epoch":
                     self.writer.add_scalar(key, value, epoch)
         if is_best:
-            self.save(os.path.join(self.run_dir, f"{self.name}_best.pth"),
+            self.save(best_path,
                       {"epoch": epoch, "model": self.student.state_dict(), "best_acc": float(self.best_acc),
                        "accuracy": float(val["acc1"]), "config": self.config})
         if epoch % opt.save_freq == 0:

@@ -1,0 +1,67 @@
+"""Evaluate a saved student (ours, or an officially released NORM checkpoint with --official) without training.
+
+python scripts/evaluate_student.py --path save/student_model/<run>/resnet8x4_best.pth [--json]
+python scripts/evaluate_student.py --official --path resnet8x4_norm.pth --model_s resnet8x4 -s 8
+"""
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from dataset import build_dataset  # noqa: E402
+from helper.data import eval_loader  # noqa: E402
+from helper.engine import validate  # noqa: E402
+from helper.errors import ArgumentParser, run_cli  # noqa: E402
+from helper.model_loading import checkpoint_config, load_student_file  # noqa: E402
+from helper.runtime import setup_runtime  # noqa: E402
+from models import imagenet_model_dict, model_dict  # noqa: E402
+
+
+def parser():
+    """Flags of the evaluator."""
+    p = ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--path", required=True, help="student checkpoint")
+    p.add_argument("--model_s", default=None, help="architecture (default: from the checkpoint's config)")
+    p.add_argument("--dataset", default=None, choices=["cifar100", "cifar10", "fashion_mnist", "imagenet"],
+                   help="dataset (default: from the checkpoint's config, else cifar100)")
+    p.add_argument("--data_root", default=None, help="dataset folder (default ./data, ./data/imagenet for imagenet)")
+    p.add_argument("-s", "--co-sponge", dest="co_sponge", type=int, default=None, help="N of the transform")
+    p.add_argument("--ft", choices=["residual", "plain"], default=None,
+                   help="transform variant (ShuffleNet releases: try both, reference §1.2)")
+    p.add_argument("--official", action="store_true", help="the file is an official NORM release (convert keys)")
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--num_workers", type=int, default=4)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="also print one JSON line with the results")
+    return p
+
+
+def evaluate(opt):
+    """Load, evaluate and return the metrics dict."""
+    runtime = setup_runtime(opt.device)
+    config = checkpoint_config(opt.path)
+    dataset = opt.dataset or config.get("dataset") or "cifar100"
+    model_s = opt.model_s or config.get("model_s") or config.get("model")
+    zoo = imagenet_model_dict if dataset == "imagenet" or model_s in imagenet_model_dict else model_dict
+    root = opt.data_root or ("./data/imagenet" if dataset == "imagenet" else "./data")
+    model, info = load_student_file(zoo, opt.path, model_s=model_s, n=opt.co_sponge, ft=opt.ft,
+                                    official=opt.official)
+    val = build_dataset(dataset, root, "val")
+    metrics = validate(runtime.to_device(model), eval_loader(val, opt.batch_size, runtime, opt.num_workers), runtime)
+    return {"path": opt.path, "model_s": info["model_s"], "dataset": dataset, "top1": metrics["acc1"],
+            "top5": metrics["acc5"], "loss": metrics["loss"], "saved_accuracy": info["saved_accuracy"]}
+
+
+def main(argv=None):
+    """Entry point."""
+    opt = parser().parse_args(argv)
+    result = evaluate(opt)
+    print(f"{result['model_s']} on {result['dataset']}: top-1 {result['top1']:.2f} top-5 {result['top5']:.2f}")
+    if opt.json:
+        print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(main)
