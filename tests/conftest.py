@@ -11,7 +11,7 @@ if ROOT not in sys.path:
 
 from tests.datafakes import write_tiny_cifar  # noqa: E402
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny tensors: threads cost more than they give
 
 
 @pytest.fixture(scope="session")

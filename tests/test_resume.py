@@ -1,0 +1,107 @@
+"""Runs that survive: bit-exact resume after an interruption (mid-epoch and at an epoch boundary), signals."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train_cifar_student
+from helper import signals
+from helper.checkpoint import load_checkpoint
+from helper.errors import UsageError
+
+ARGS = ["--model_t", "resnet8", "--model_s", "resnet8", "--distill", "NORM_CRD", "-s", "2", "--nce_k", "8",
+        "--epochs", "2", "--batch_size", "16", "--num_workers", "0", "--seed", "7", "--print_freq", "1",
+        "--deterministic", "--lr_decay", "cos"]
+
+
+def argv(tiny_cifar, teacher, save, *extra):
+    return ["--path_t", teacher, "--data_root", tiny_cifar, "--save_root", str(save), *ARGS, *extra]
+
+
+def final_state(summary):
+    ckpt = load_checkpoint(os.path.join(summary["run"], "resnet8_last.pth"))
+    return ckpt["model"], ckpt["method"], ckpt["optimizer"]["state"]
+
+
+def interrupt_after(monkeypatch, steps):
+    """Make the run stop (as on SIGTERM) once `steps` training steps have been taken in this process."""
+    count = {"n": 0}
+
+    def should_stop(self, step, runtime, every=20):
+        count["n"] += 1
+        if count["n"] == steps:
+            self.signum = signal.SIGTERM
+        return self.signum is not None
+
+    monkeypatch.setattr(signals.StopRequest, "should_stop", should_stop)
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], dict):
+            assert_same(a[key], b[key])
+        elif isinstance(a[key], torch.Tensor):
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_cifar, teacher_file, tmp_path_factory):
+    save = tmp_path_factory.mktemp("full")
+    return final_state(train_cifar_student.main(argv(tiny_cifar, teacher_file("resnet8"), save)))
+
+
+@pytest.mark.parametrize("stop_after", [2, 4], ids=["mid-epoch", "epoch-boundary"])  # 4 steps per epoch
+def test_interrupted_and_resumed_run_is_bit_identical(tiny_cifar, teacher_file, tmp_path, monkeypatch, capsys,
+                                                      uninterrupted, stop_after):
+    teacher = teacher_file("resnet8")
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, stop_after)
+        with pytest.raises(SystemExit) as stopped:
+            train_cifar_student.main(argv(tiny_cifar, teacher, tmp_path))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    assert "--resume" in capsys.readouterr().out
+    resumed = train_cifar_student.main(argv(tiny_cifar, teacher, tmp_path, "--resume"))
+    model, method, optimizer = final_state(resumed)
+    assert_same(model, uninterrupted[0])
+    assert_same(method, uninterrupted[1])      # CRD embeddings and both memories
+    assert_same(optimizer, uninterrupted[2])   # momentum buffers
+
+
+def test_resume_refuses_a_changed_configuration(tiny_cifar, teacher_file, tmp_path, monkeypatch):
+    teacher = teacher_file("resnet8")
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 1)
+        with pytest.raises(SystemExit):
+            train_cifar_student.main(argv(tiny_cifar, teacher, tmp_path))
+    run = next((tmp_path / "student_model").iterdir())
+    before = (run / "resnet8_last.pth").read_bytes()
+    with pytest.raises(UsageError, match="learning_rate"):
+        train_cifar_student.main(argv(tiny_cifar, teacher, tmp_path, "--resume", "--learning_rate", "0.1"))
+    with pytest.raises(UsageError, match="already holds a run"):
+        train_cifar_student.main(argv(tiny_cifar, teacher, tmp_path))
+    assert (run / "resnet8_last.pth").read_bytes() == before
+
+
+def test_sigterm_writes_a_resumable_checkpoint(tiny_cifar, teacher_file, tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [sys.executable, os.path.join(root, "train_cifar_student.py"),
+           *argv(tiny_cifar, teacher_file("resnet8"), tmp_path)]
+    cmd[cmd.index("--epochs") + 1] = "50"
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=root)
+    for line in proc.stdout:  # wait until training is under way
+        if line.startswith("epoch 1 ["):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "--resume" in out
+    run = next((tmp_path / "student_model").iterdir())
+    ckpt = load_checkpoint(str(run / "resnet8_last.pth"))
+    assert ckpt["epoch"] >= 1 and ckpt["config"]["epochs"] == 50
