@@ -27,6 +27,17 @@ def norm_schedule_weight(epoch, epochs, kind="cifar"):
     return weight
 
 
+def expansion_factor(text):
+    """argparse type of N: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+expansion_factor.__name__ = "N (an integer >= 1)"  # argparse puts this name in its error message
+
+
 def match_spatial(student, teacher):
     """Max-pool whichever map is larger by the integer ratio of their heights (CIFAR pools the teacher)."""
     hs, ht = student.shape[-1], teacher.shape[-1]
@@ -62,7 +73,7 @@ class NORM(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
-        add_argument_once(parser, "-s", "--co-sponge", dest="co_sponge", type=int, default=8,
+        add_argument_once(parser, "-s", "--co-sponge", dest="co_sponge", type=expansion_factor, default=8,
                           help="N, the expansion factor of the feature transform (paper: N)")
         add_argument_once(parser, "--ft", choices=["residual", "plain", "none"], default="residual",
                           help="student feature transform: residual (default FT), plain (no identity), none")

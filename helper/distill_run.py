@@ -60,7 +60,8 @@ def student_main(argv, profile):
     if opt.path_t is None:
         opt.path_t = profile["default_path_t"](opt)
     if not opt.path_t or not os.path.isfile(opt.path_t):
-        raise UsageError(f"teacher checkpoint {opt.path_t!r} not found; pass --path_t (e.g. fetch teachers with "
+        given = f"teacher checkpoint {opt.path_t} not found" if opt.path_t else "no teacher checkpoint given"
+        raise UsageError(f"{given}; pass --path_t (e.g. fetch teachers with "
                          f"{profile['fetch_hint']}, or train one with {profile['teacher_hint']})")
     if opt.learning_rate is None:
         opt.learning_rate = 0.01 if opt.model_s in SMALL_LR_STUDENTS else profile["learning_rate"]

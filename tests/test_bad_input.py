@@ -1,0 +1,113 @@
+"""Bad input: one line on stderr that says what to do, exit code 2, no traceback, nothing written lost."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train_cifar_student
+import train_cifar_teacher
+from helper.errors import run_cli
+from scripts import evaluate_student, export_student
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK = ["--epochs", "1", "--batch_size", "16", "--num_workers", "0", "--seed", "1"]
+
+
+def fails(main, argv, capsys):
+    """Run a script's entry point; return its single stderr line after checking exit code 2."""
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "Traceback" not in err
+    return err
+
+
+def test_unknown_teacher_model(capsys, tiny_cifar, tmp_path):
+    err = fails(train_cifar_teacher.main, ["--model", "resnet9", "--data_root", tiny_cifar, "--save_root",
+                                           str(tmp_path)], capsys)
+    assert "unknown --model 'resnet9'" in err and "resnet8" in err
+    assert not os.listdir(tmp_path)
+
+
+def test_missing_data_offline(capsys, tmp_path):
+    err = fails(train_cifar_teacher.main, ["--model", "resnet8", "--data_root", str(tmp_path / "nothing"),
+                                           "--save_root", str(tmp_path / "save"), *QUICK], capsys)
+    assert "nothing" in err and "--download" in err
+
+
+def test_unwritable_save_folder(capsys, tiny_cifar, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    err = fails(train_cifar_teacher.main, ["--model", "resnet8", "--data_root", tiny_cifar, "--save_root",
+                                           str(blocker), *QUICK], capsys)
+    assert "--save_root" in err
+    assert blocker.read_text() == "not a folder"
+
+
+def test_missing_path_t(capsys, tiny_cifar, tmp_path):
+    err = fails(train_cifar_student.main, ["--model_t", "resnet8", "--model_s", "resnet8", "--data_root", tiny_cifar,
+                                           "--save_root", str(tmp_path)], capsys)
+    assert "--path_t" in err and "fetch_pretrained_teachers" in err
+
+
+def test_teacher_of_another_architecture_names_the_right_one(capsys, tiny_cifar, tmp_path, teacher_file):
+    path = teacher_file("resnet56")
+    err = fails(train_cifar_student.main, ["--path_t", path, "--model_t", "resnet32x4", "--model_s", "resnet8",
+                                           "--data_root", tiny_cifar, "--save_root", str(tmp_path), *QUICK], capsys)
+    assert "does not fit --model_t resnet32x4" in err and "--model_t resnet56" in err
+
+
+def test_teacher_architecture_is_read_from_the_checkpoint(tiny_cifar, tmp_path, teacher_file):
+    summary = train_cifar_student.main(["--path_t", teacher_file("resnet8"), "--model_s", "resnet8", "-s", "1",
+                                        "--data_root", tiny_cifar, "--save_root", str(tmp_path), *QUICK])
+    assert summary["teacher"] == "resnet8"
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["-s", "0"], "-s/--co-sponge"),
+    (["--distill", "NORMAL"], "unknown --distill 'NORMAL'"),
+    (["--model_s", "resnet7"], "unknown --model_s 'resnet7'"),
+    (["--ft", "none", "-s", "8"], "--ft none"),
+])
+def test_bad_student_flags(capsys, tiny_cifar, tmp_path, teacher_file, extra, needle):
+    argv = ["--path_t", teacher_file("resnet8"), "--model_t", "resnet8", "--model_s", "resnet8", "--data_root",
+            tiny_cifar, "--save_root", str(tmp_path), *QUICK, *extra]
+    assert needle in fails(train_cifar_student.main, argv, capsys)
+
+
+def test_corrupt_teacher_file(capsys, tiny_cifar, tmp_path):
+    bad = tmp_path / "teacher.pth"
+    bad.write_bytes(b"\x00not a checkpoint")
+    err = fails(train_cifar_student.main, ["--path_t", str(bad), "--model_t", "resnet8", "--model_s", "resnet8",
+                                           "--data_root", tiny_cifar, "--save_root", str(tmp_path / "s"), *QUICK],
+                capsys)
+    assert "cannot read checkpoint" in err
+
+
+def test_export_refuses_wrn_with_a_reason(capsys, tmp_path):
+    from models import model_dict
+    from models.norm import attach_feature_transform
+
+    model = attach_feature_transform(model_dict["wrn_16_1"](num_classes=10), 64, 2)
+    path = tmp_path / "wrn.pth"
+    torch.save({"model": model.state_dict(), "config": {"model_s": "wrn_16_1", "co_sponge": 2, "ft": "residual",
+                                                        "distill": "NORM"}}, path)
+    err = fails(export_student.main, ["--path", str(path), "--out", str(tmp_path / "o.pth")], capsys)
+    assert "cannot be folded" in err
+    assert not (tmp_path / "o.pth").exists()
+
+
+def test_evaluate_missing_checkpoint(capsys, tmp_path):
+    err = fails(evaluate_student.main, ["--path", str(tmp_path / "none.pth")], capsys)
+    assert "does not exist" in err
+
+
+def test_real_entry_point_prints_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "train_cifar_student.py", "--model_s", "resnet8", "-s", "0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert len(out.stderr.strip().splitlines()) == 1 and "-s/--co-sponge" in out.stderr
