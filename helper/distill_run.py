@@ -32,6 +32,8 @@ def student_parser(profile):
     g.add_argument("-c", "--ceta", type=float, default=None,
                    help="logit layer-norm scale for CE/KD (NORM default 2.5, others 0 = raw logits)")
     g.add_argument("--kd_T", type=float, default=4.0, help="KD temperature")
+    if profile["image_size"]:
+        g.add_argument("--image_size", type=int, default=profile["image_size"], help="training crop size")
     for cls in METHODS.values():
         cls.add_arguments(g)
     return p
@@ -78,10 +80,11 @@ def student_main(argv, profile):
     runtime = setup_runtime(opt.device, opt.amp, opt.channels_last, opt.deterministic)
     try:
         seed_everything(opt.seed + runtime.rank)
-        train_set, val_set = load_datasets(opt, profile["image_size"], contrast=cls.needs_contrast)
+        image_size = getattr(opt, "image_size", None)
+        train_set, val_set = load_datasets(opt, image_size, contrast=cls.needs_contrast)
         teacher = load_model_file(profile["zoo"], opt.model_t, opt.path_t, num_classes, "--model_t")
         student = build_model(profile["zoo"], opt.model_s, num_classes, "--model_s")
-        data = {"n_data": len(train_set), "image_size": profile["probe_size"], "in_channels": 3,
+        data = {"n_data": len(train_set), "image_size": image_size or profile["probe_size"], "in_channels": 3,
                 "schedule_kind": profile["schedule_kind"]}
         try:
             method = cls.build(student, teacher, opt, data)

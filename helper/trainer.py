@@ -83,9 +83,11 @@ class Trainer:
         if runtime.distributed:
             if getattr(opt, "sync_bn", False):
                 torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)  # converts in place below the root
+            # Buffers (BN statistics, CRD memories) are synchronised from rank 0 once per epoch, before
+            # validation and checkpoints, instead of on every forward (a CRD memory is ~50 MB).
             self.model = DistributedDataParallel(
                 method, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
-                find_unused_parameters=not self.init_done)
+                find_unused_parameters=not self.init_done, broadcast_buffers=False)
         self.train_loader = train_loader(train_set, opt.batch_size, opt.seed, runtime, opt.num_workers)
         self.val_loader = eval_loader(val_set, opt.batch_size, runtime, max(opt.num_workers // 2, 0))
         self.writer = None
@@ -197,6 +199,7 @@ class Trainer:
             self.save(self.last_path, self.state(epoch, interrupt.steps_done, 0.0))
             raise
         seconds = time.time() - tic
+        self.sync_buffers()
         val = validate(self.student, self.val_loader, self.runtime)
         best_path = os.path.join(self.run_dir, f"{self.name}_best.pth")
         is_best = val["acc1"] > self.best_acc or not os.path.isfile(best_path)
@@ -222,6 +225,12 @@ class Trainer:
                        "optimizer": self.optimizer.state_dict(), "method": self.method.method_state_dict()})
         self.save(self.last_path, self.state(epoch, 0, val["acc1"]))
         self.last_acc = val
+
+    def sync_buffers(self):
+        """Give every rank rank 0's buffers, so validation and the saved checkpoint agree."""
+        if self.runtime.distributed:
+            for buffer in self.method.buffers():
+                torch.distributed.broadcast(buffer, 0)
 
     def interrupted(self, interrupt, stop):
         """Report how to resume after a signal; the resumable checkpoint is already written."""

@@ -30,6 +30,8 @@ def parser():
     p.add_argument("--ft", choices=["residual", "plain"], default=None,
                    help="transform variant (ShuffleNet releases: try both, reference §1.2)")
     p.add_argument("--official", action="store_true", help="the file is an official NORM release (convert keys)")
+    p.add_argument("--image_size", type=int, default=None,
+                   help="ImageFolder crop size (default: the run's, else 224)")
     p.add_argument("--batch_size", type=int, default=128)
     p.add_argument("--num_workers", type=int, default=4)
     p.add_argument("--device", default="auto")
@@ -47,7 +49,8 @@ def evaluate(opt):
     root = opt.data_root or ("./data/imagenet" if dataset == "imagenet" else "./data")
     model, info = load_student_file(zoo, opt.path, model_s=model_s, n=opt.co_sponge, ft=opt.ft,
                                     official=opt.official)
-    val = build_dataset(dataset, root, "val")
+    image_size = (opt.image_size or config.get("image_size") or 224) if dataset == "imagenet" else None
+    val = build_dataset(dataset, root, "val", image_size=image_size)
     metrics = validate(runtime.to_device(model), eval_loader(val, opt.batch_size, runtime, opt.num_workers), runtime)
     return {"path": opt.path, "model_s": info["model_s"], "dataset": dataset, "top1": metrics["acc1"],
             "top5": metrics["acc5"], "loss": metrics["loss"], "saved_accuracy": info["saved_accuracy"]}
