@@ -79,6 +79,8 @@ class Trainer:
         self.optimizer = torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum,
                                          weight_decay=opt.weight_decay, **_sgd_speed_options(runtime, opt))
         self.scaler = runtime.grad_scaler()
+        if not self.init_done:  # DDP registers the parameters trainable at wrap time: those of the init stage
+            method.set_stage("init")
         self.model = method
         if runtime.distributed:
             if getattr(opt, "sync_bn", False):

@@ -105,3 +105,27 @@ def test_sigterm_writes_a_resumable_checkpoint(tiny_cifar, teacher_file, tmp_pat
     run = next((tmp_path / "student_model").iterdir())
     ckpt = load_checkpoint(str(run / "resnet8_last.pth"))
     assert ckpt["epoch"] >= 1 and ckpt["config"]["epochs"] == 50
+
+
+def test_non_finite_loss_names_epoch_step_and_term_and_keeps_last_checkpoint(tiny_cifar, tmp_path, monkeypatch):
+    import train_cifar_teacher
+    from distiller_zoo import Vanilla
+    from helper.engine import NonFiniteLoss
+
+    forward = Vanilla.forward
+    calls = {"n": 0}
+
+    def poisoned(self, images, targets, index=None, contrast_index=None):
+        logits, losses = forward(self, images, targets, index, contrast_index)
+        calls["n"] += 1
+        if calls["n"] == 6:   # epoch 2, step 2 (4 steps per epoch)
+            losses["ce"] = losses["ce"] * float("nan")
+        return logits, losses
+
+    monkeypatch.setattr(Vanilla, "forward", poisoned)
+    with pytest.raises(NonFiniteLoss, match=r"epoch 2, step 2 in term\(s\) ce"):
+        train_cifar_teacher.main(["--model", "resnet8", "--data_root", tiny_cifar, "--save_root", str(tmp_path),
+                                  "--epochs", "2", "--batch_size", "16", "--num_workers", "0", "--seed", "1",
+                                  "--print_freq", "100"])
+    run = next((tmp_path / "models").iterdir())
+    assert load_checkpoint(str(run / "resnet8_last.pth"))["epoch"] == 1
