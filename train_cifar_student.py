@@ -14,7 +14,7 @@ CIFAR_PROFILE = {
     "epochs": 240, "batch_size": 64, "learning_rate": 0.05, "weight_decay": 5e-4, "lr_decay": "step",
     "lr_decay_epochs": [150, 180, 210], "num_workers": 8, "model_s": "resnet8x4", "image_size": None,
     "probe_size": 32, "schedule_kind": "cifar",
-    "num_classes": lambda opt: num_classes(opt.dataset),
+    "num_classes": lambda opt: num_classes(opt.dataset, opt.data_root),
     "default_path_t": lambda opt: None,
     "fetch_hint": "bash scripts/fetch_pretrained_teachers.sh",
     "teacher_hint": "python train_cifar_teacher.py --model <name>",

@@ -122,6 +122,8 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.best_acc, self.history = ckpt["best_acc"], list(ckpt.get("history", []))
         self.init_done = ckpt.get("init_done", True)
+        if self.init_done and hasattr(self.method, "set_stage"):
+            self.method.set_stage("main")
         set_rng_state(ckpt["rng"])
         epoch, step = ckpt["epoch"], ckpt["step"]
         self.start_epoch, self.start_step = (epoch, step) if step else (epoch + 1, 0)
