@@ -74,3 +74,15 @@ def test_norm_students_train_checkpoint_and_evaluate(tiny_cifar, tmp_path, teach
     state = load_checkpoint(str(folded))["model"]
     assert not any(k.startswith("feature_transform") for k in state)
     plain.load_state_dict(state, strict=True)
+
+
+@pytest.mark.parametrize("distill,extra", [("kd", []), ("crd", ["--nce_k", "8"]), ("abound", ["--init_epochs", "1"]),
+                                           ("factor", ["--init_epochs", "1"])])
+def test_baselines_run_through_the_same_script(tiny_cifar, tmp_path, teacher_file, capsys, distill, extra):
+    summary = run_student(tiny_cifar, tmp_path, teacher_file("resnet8x4"), "resnet8x4", "resnet8", "--distill",
+                          distill, *extra)
+    assert summary["method"] == distill
+    out = capsys.readouterr().out
+    if extra and extra[0] == "--init_epochs":
+        assert "init epoch 1/1" in out
+    assert os.path.isfile(os.path.join(summary["run"], "resnet8_last.pth"))
