@@ -79,6 +79,25 @@ def test_bad_student_flags(capsys, tiny_cifar, tmp_path, teacher_file, extra, ne
     assert needle in fails(train_cifar_student.main, argv, capsys)
 
 
+def test_method_that_cannot_serve_the_pair(capsys, tiny_cifar, tmp_path, teacher_file):
+    err = fails(train_cifar_student.main, ["--path_t", teacher_file("resnet8x4"), "--model_s", "resnet8",
+                                           "--distill", "fsp", "--data_root", tiny_cifar, "--save_root",
+                                           str(tmp_path), *QUICK], capsys)
+    assert "--distill fsp cannot distill resnet8x4 into resnet8" in err
+
+
+def test_imagenet_script_missing_data_and_unknown_student(capsys, tmp_path):
+    import train_imagenet_student
+
+    teacher = tmp_path / "t.pth"
+    teacher.write_bytes(b"")
+    err = fails(train_imagenet_student.main, ["--path_t", str(teacher), "--model_t", "resnet34", "--data_root",
+                                              str(tmp_path / "imagenet"), "--save_root", str(tmp_path)], capsys)
+    assert "imagenet" in err and "--data_root" in err
+    err = fails(train_imagenet_student.main, ["--model_t", "resnet34", "--save_root", str(tmp_path)], capsys)
+    assert "fetch_pretrained_imagenet_teacher" in err
+
+
 def test_corrupt_teacher_file(capsys, tiny_cifar, tmp_path):
     bad = tmp_path / "teacher.pth"
     bad.write_bytes(b"\x00not a checkpoint")

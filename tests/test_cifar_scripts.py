@@ -76,13 +76,16 @@ def test_norm_students_train_checkpoint_and_evaluate(tiny_cifar, tmp_path, teach
     plain.load_state_dict(state, strict=True)
 
 
-@pytest.mark.parametrize("distill,extra", [("kd", []), ("crd", ["--nce_k", "8"]), ("abound", ["--init_epochs", "1"]),
-                                           ("factor", ["--init_epochs", "1"])])
-def test_baselines_run_through_the_same_script(tiny_cifar, tmp_path, teacher_file, capsys, distill, extra):
-    summary = run_student(tiny_cifar, tmp_path, teacher_file("resnet8x4"), "resnet8x4", "resnet8", "--distill",
-                          distill, *extra)
+BASELINES = ["kd", "hint", "attention", "similarity", "correlation", "vid", "rkd", "pkt", "abound", "factor", "fsp",
+             "nst", "kdsvd", "crd"]
+
+
+@pytest.mark.parametrize("distill", BASELINES)
+def test_baselines_run_through_the_same_script(tiny_cifar, tmp_path, teacher_file, capsys, distill):
+    extra = {"crd": ["--nce_k", "8"], "correlation": ["--feat_dim", "16"]}.get(distill, [])
+    summary = run_student(tiny_cifar, tmp_path, teacher_file("resnet20"), "resnet20", "resnet8", "--distill",
+                          distill, "--init_epochs", "1", *extra)
     assert summary["method"] == distill
     out = capsys.readouterr().out
-    if extra and extra[0] == "--init_epochs":
-        assert "init epoch 1/1" in out
+    assert ("init epoch 1/1" in out) == (distill in ("abound", "factor", "fsp"))
     assert os.path.isfile(os.path.join(summary["run"], "resnet8_last.pth"))
