@@ -9,6 +9,7 @@ The augmentation has torchvision's distribution (RandomCrop with zero padding, R
 random stream, so a run with this loader is reproducible and resumable, yet not bitwise equal to a DataLoader run.
 """
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -53,6 +54,12 @@ def augmentation_of(transform):
                         repeat=extra[0].n if extra else 1)
 
 
+@lru_cache(maxsize=None)
+def _statistics(aug, device):
+    # Made once per device: torch.tensor(..., device='cuda') copies from pageable memory, a host sync per batch.
+    return (torch.tensor(aug.mean, device=device).view(-1, 1, 1), torch.tensor(aug.std, device=device).view(-1, 1, 1))
+
+
 def crop_flip_normalize(images, dy, dx, flip, aug, channels_last=False):
     """Augment uint8 images B x H x W x C at per-sample crop offsets (dy, dx) and flips: float B x C' x h x w."""
     device = images.device
@@ -65,9 +72,8 @@ def crop_flip_normalize(images, dy, dx, flip, aug, channels_last=False):
     batch = torch.arange(len(images), device=device)[:, None, None]
     crops = padded[batch, rows[:, :, None], cols[:, None, :]]  # one gather: B x h x w x C
     # NHWC permuted to NCHW is channels_last in memory; the arithmetic is ToTensor's and Normalize's, op for op.
-    x = crops.permute(0, 3, 1, 2).float().div_(255)
-    x = x.sub_(torch.tensor(aug.mean, device=device).view(-1, 1, 1))
-    x = x.div_(torch.tensor(aug.std, device=device).view(-1, 1, 1))
+    mean, std = _statistics(aug, device)
+    x = crops.permute(0, 3, 1, 2).float().div_(255).sub_(mean).div_(std)
     if aug.repeat > 1:
         x = x.expand(-1, aug.repeat, -1, -1)
     return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -125,8 +131,8 @@ def device_loader_for(dataset, batch_size, seed, runtime):
                          "drawn per item on the CPU; use the standard loader")
     data = getattr(dataset, "data", None)
     if data is not None and not isinstance(data, torch.Tensor):
-        data = torch.from_numpy(np.asarray(data))
-    if data is None or data.dtype != torch.uint8 or data.ndim not in (3, 4) or data.ndim == 4 and data.shape[-1] != 3:
+        data = torch.from_numpy(np.ascontiguousarray(data))
+    if data is None or data.dtype != torch.uint8 or data.ndim not in (3, 4) or (data.ndim == 4 and data.shape[-1] != 3):
         raise ValueError(f"{name} does not hold its images in memory as a uint8 N x H x W [x 3] array `.data` "
                          "(e.g. an ImageFolder decodes files per item); the device loader serves CIFAR-10/100 and "
                          "Fashion-MNIST only")
@@ -134,7 +140,7 @@ def device_loader_for(dataset, batch_size, seed, runtime):
         data = data[..., None]  # Fashion-MNIST: one channel
     targets = torch.as_tensor(np.asarray(getattr(dataset, "targets", [])), dtype=torch.int64)
     if targets.shape != (len(data),):
-        raise ValueError(f"{name}.targets must hold one label per image ({len(data)}), got shape {tuple(targets.shape)}")
+        raise ValueError(f"{name}.targets must hold one label per image ({len(data)}), got {tuple(targets.shape)}")
     if seed is None:
         raise ValueError("the device loader needs an integer seed (its order and augmentation are seeded)")
     aug = augmentation_of(getattr(dataset, "transform", None))

@@ -93,6 +93,7 @@ class Trainer:
         self.train_loader = train_loader(train_set, opt.batch_size, opt.seed, runtime, opt.num_workers)
         self.val_loader = eval_loader(val_set, opt.batch_size, runtime, max(opt.num_workers // 2, 0))
         self.writer = None
+        self.progress = sys.stderr.isatty() if opt.progress is None else opt.progress
 
     # ---------------------------------------------------------------- checkpoints
     def state(self, epoch, step, accuracy):
@@ -130,9 +131,13 @@ class Trainer:
 
     # ---------------------------------------------------------------- the run
     def log(self, message):
-        """Print on rank 0."""
+        """Print on rank 0 (through tqdm while progress bars are shown)."""
         if self.runtime.is_main:
-            print(message, flush=True)
+            if self.progress:
+                from tqdm import tqdm
+                tqdm.write(message)
+            else:
+                print(message, flush=True)
 
     def fit(self):
         """Train from the start (or the resumed position) to `--epochs`; returns the final summary dict."""
@@ -151,7 +156,11 @@ class Trainer:
         try:
             if not self.init_done:
                 self.run_init_stage(stop)
-            for epoch in range(self.start_epoch, opt.epochs + 1):
+            epochs = range(self.start_epoch, opt.epochs + 1)
+            if self.progress and runtime.is_main:
+                from tqdm import tqdm
+                epochs = tqdm(epochs, desc="epochs", initial=self.start_epoch - 1, total=opt.epochs)
+            for epoch in epochs:
                 self.run_epoch(epoch, stop)
         except Interrupted as interrupt:
             return self.interrupted(interrupt, stop)
@@ -174,7 +183,7 @@ class Trainer:
             self.train_loader.sampler.set_epoch(stage_epoch)
             try:
                 stats = train_one_epoch(self.model, self.train_loader, optimizer, self.runtime, epoch,
-                                        print_freq=opt.print_freq, stop=stop, progress=opt.progress, log=self.log)
+                                        print_freq=opt.print_freq, stop=stop, progress=self.progress, log=self.log)
             except Interrupted:
                 self.save(self.last_path, self.state(0, 0, 0.0))
                 raise
@@ -198,7 +207,7 @@ class Trainer:
         try:
             train = train_one_epoch(self.model, self.train_loader, self.optimizer, self.runtime, epoch,
                                     scaler=self.scaler, start_step=skip, print_freq=opt.print_freq, stop=stop,
-                                    progress=opt.progress, log=self.log)
+                                    progress=self.progress, log=self.log)
         except Interrupted as interrupt:
             self.save(self.last_path, self.state(epoch, interrupt.steps_done, 0.0))
             raise
