@@ -61,6 +61,7 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume on CPU)")
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across DDP ranks")
     g.add_argument("--fused_sgd", action="store_true", help="fused SGD kernel (CUDA)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the student and the teacher")
     return p
 
 

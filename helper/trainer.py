@@ -20,7 +20,7 @@ INIT_STAGE_EPOCH_OFFSET = 1_000_000
 
 # Options that may change between an interrupted run and its resumption without changing what is learned.
 OPERATIONAL_OPTIONS = {"resume", "num_workers", "print_freq", "device", "data_root", "download", "progress",
-                       "save_root", "deterministic", "tb_freq", "save_freq"}
+                       "save_root", "deterministic", "save_freq", "compile", "fused_sgd", "channels_last"}
 
 
 def plain_config(opt):
@@ -75,6 +75,8 @@ class Trainer:
         self.history = []
 
         runtime.to_device(method)
+        if getattr(opt, "compile", False):
+            compile_networks(student, getattr(method, "teacher", None))
         params = [p for p in method.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum,
                                          weight_decay=opt.weight_decay, **_sgd_speed_options(runtime, opt))
@@ -266,6 +268,16 @@ class Trainer:
             with open(os.path.join(self.opt.save_root, "results.jsonl"), "a") as handle:
                 handle.write(json.dumps(summary) + "\n")
         return summary
+
+
+def compile_networks(*networks):
+    """torch.compile each network in place (its state-dict keys stay unchanged)."""
+    for network in networks:
+        if network is None:
+            continue
+        if not hasattr(network, "compile"):
+            raise UsageError("--compile needs torch>=2.2 (nn.Module.compile); upgrade torch or drop --compile")
+        network.compile()
 
 
 def _sgd_speed_options(runtime, opt):

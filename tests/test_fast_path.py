@@ -1,0 +1,55 @@
+"""The fast flags that run on CPU give the reference step's loss (within their numeric tolerance)."""
+import argparse
+import copy
+
+import pytest
+import torch
+
+from distiller_zoo import METHODS
+from helper.engine import train_one_epoch
+from helper.runtime import Runtime
+from helper.trainer import compile_networks
+from models import model_dict
+
+
+def build_method():
+    torch.manual_seed(0)
+    opt = argparse.Namespace(gamma=None, alpha=0.5, beta=None, ceta=None, kd_T=4.0, co_sponge=2, ft="residual",
+                             norm_schedule="official", epochs=240)
+    teacher, student = model_dict["resnet8"](num_classes=10), model_dict["resnet8"](num_classes=10)
+    data = {"n_data": 8, "image_size": 32, "in_channels": 3, "schedule_kind": "cifar"}
+    return METHODS["NORM"].build(student, teacher, opt, data)
+
+
+def one_step(method, runtime, compile_model=False):
+    method = runtime.to_device(copy.deepcopy(method))
+    if compile_model:
+        compile_networks(method.student, method.teacher)
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1, momentum=0.9)
+    generator = torch.Generator().manual_seed(1)
+    batch = (torch.randn(8, 3, 32, 32, generator=generator), torch.randint(0, 10, (8,), generator=generator),
+             torch.arange(8))
+    stats = train_one_epoch(method, [batch, batch], optimizer, runtime, epoch=30, print_freq=100, progress=False)
+    return stats
+
+
+@pytest.fixture(scope="module")
+def reference():
+    method = build_method()
+    return method, one_step(method, Runtime(torch.device("cpu")))
+
+
+@pytest.mark.parametrize("flags,tol", [({"channels_last": True}, 1e-5), ({"amp_dtype": torch.bfloat16}, 3e-2)],
+                         ids=["channels_last", "bf16"])
+def test_fast_flags_match_the_reference_step(reference, flags, tol):
+    method, expected = reference
+    got = one_step(method, Runtime(torch.device("cpu"), **flags))
+    for key in ("loss/ce", "loss/kd", "loss/norm"):
+        assert got[key] == pytest.approx(expected[key], rel=tol), key
+
+
+def test_compiled_networks_match_the_reference_step(reference):
+    method, expected = reference
+    got = one_step(method, Runtime(torch.device("cpu")), compile_model=True)
+    for key in ("loss/ce", "loss/kd", "loss/norm"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-4), key
