@@ -48,7 +48,7 @@ def train_one_epoch(method, loader, optimizer, runtime, epoch, *, scaler=None, s
     """
     method.train()
     progress = sys.stderr.isatty() if progress is None else progress
-    names, totals, first_bad = None, None, None
+    names, totals, first_bad, count = None, None, None, 0
     total_steps = start_step + len(loader)
     bar = _progress(loader, len(loader), f"epoch {epoch}", progress and runtime.is_main)
     step = start_step
@@ -67,19 +67,20 @@ def train_one_epoch(method, loader, optimizer, runtime, epoch, *, scaler=None, s
             optimizer.step()
 
         values = torch.stack([v.detach().float() for v in losses.values()])
-        n = targets.new_tensor(targets.shape[0], dtype=torch.float32)
-        stats = torch.cat([values * n, correct_topk(logits.detach(), targets).float(), n[None]])
+        n = targets.shape[0]  # known on the host: no device tensor built from it, so no copy or sync
+        stats = torch.cat([values * n, correct_topk(logits.detach(), targets).float()])
         if totals is None:
             names = list(losses)
             totals = torch.zeros_like(stats)
             first_bad = torch.full_like(values, -1)
         totals += stats
+        count += n
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(values), float(step), first_bad)
 
         if (step + 1) % print_freq == 0 or step + 1 == total_steps:
             _check_finite(first_bad, names, epoch)
             if runtime.is_main and not progress:
-                avg = totals[:len(names)] / totals[-1]
+                avg = totals[:len(names)] / count
                 terms = " ".join(f"{k} {v:.4f}" for k, v in zip(names, avg.tolist()))
                 log(f"epoch {epoch} [{step + 1}/{total_steps}] {terms} lr {optimizer.param_groups[0]['lr']:.5g}")
         if stop is not None and stop.should_stop(step, runtime):
@@ -87,11 +88,11 @@ def train_one_epoch(method, loader, optimizer, runtime, epoch, *, scaler=None, s
             raise Interrupted(step + 1)
     if totals is None:
         return {}
-    totals = all_reduce_sum(totals, runtime)
+    totals = all_reduce_sum(torch.cat([totals, totals.new_tensor([count])]), runtime).tolist()
     count = totals[-1]
-    result = {f"loss/{k}": v for k, v in zip(names, (totals[:len(names)] / count).tolist())}
+    result = {f"loss/{k}": v / count for k, v in zip(names, totals)}
     result["loss/total"] = sum(result.values())
-    result["train_acc1"], result["train_acc5"] = (100 * totals[len(names):-1] / count).tolist()
+    result["train_acc1"], result["train_acc5"] = (100 * c / count for c in totals[len(names):-1])
     return result
 
 
