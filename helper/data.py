@@ -14,7 +14,7 @@ class EpochSampler(Sampler):
 
     def set_epoch(self, epoch, skip=0):
         """Select the epoch's order and how many of this rank's leading samples to skip (resume)."""
-        self.epoch, self.skip = epoch, skip
+        self.epoch, self.skip = epoch, min(skip, self.per_rank)  # an interrupted last step may overshoot
 
     def __iter__(self):
         if self.shuffle:

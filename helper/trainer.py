@@ -10,6 +10,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import load_checkpoint, save_atomic
 from .data import eval_loader, train_loader
+from .device_data import device_loader_for
 from .engine import Interrupted, train_one_epoch, validate
 from .errors import UsageError
 from .runtime import rng_state, set_rng_state
@@ -92,7 +93,7 @@ class Trainer:
             self.model = DistributedDataParallel(
                 method, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
                 find_unused_parameters=not self.init_done, broadcast_buffers=False)
-        self.train_loader = train_loader(train_set, opt.batch_size, opt.seed, runtime, opt.num_workers)
+        self.train_loader = make_train_loader(train_set, opt, runtime)
         self.val_loader = eval_loader(val_set, opt.batch_size, runtime, max(opt.num_workers // 2, 0))
         self.writer = None
         self.progress = sys.stderr.isatty() if opt.progress is None else opt.progress
@@ -268,6 +269,16 @@ class Trainer:
             with open(os.path.join(self.opt.save_root, "results.jsonl"), "a") as handle:
                 handle.write(json.dumps(summary) + "\n")
         return summary
+
+
+def make_train_loader(train_set, opt, runtime):
+    """The CPU DataLoader, or with --gpu_data the device-resident loader (CIFAR and Fashion-MNIST)."""
+    if getattr(opt, "gpu_data", False):
+        try:
+            return device_loader_for(train_set, opt.batch_size, opt.seed, runtime)
+        except ValueError as err:
+            raise UsageError(f"--gpu_data: {err}; drop --gpu_data") from None
+    return train_loader(train_set, opt.batch_size, opt.seed, runtime, opt.num_workers)
 
 
 def compile_networks(*networks):

@@ -53,3 +53,17 @@ def test_compiled_networks_match_the_reference_step(reference):
     got = one_step(method, Runtime(torch.device("cpu")), compile_model=True)
     for key in ("loss/ce", "loss/kd", "loss/norm"):
         assert got[key] == pytest.approx(expected[key], rel=1e-4), key
+
+
+def test_device_resident_data_trains_through_the_script_and_refuses_crd(tiny_cifar, tmp_path, teacher_file):
+    import train_cifar_student
+    import train_cifar_teacher
+    from helper.errors import UsageError
+
+    summary = train_cifar_teacher.main(["--model", "resnet8", "--data_root", tiny_cifar, "--save_root",
+                                        str(tmp_path), "--epochs", "1", "--batch_size", "16", "--gpu_data",
+                                        "--seed", "2"])
+    assert summary["config"]["gpu_data"] is True and 0 <= summary["best_acc"] <= 100
+    with pytest.raises(UsageError, match="--gpu_data"):
+        train_cifar_student.main(["--path_t", teacher_file("resnet8"), "--model_s", "resnet8", "--distill", "crd",
+                                  "--data_root", tiny_cifar, "--save_root", str(tmp_path), "--gpu_data"])
