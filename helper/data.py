@@ -1,4 +1,6 @@
 """Data loaders: a seeded, resumable, rank-sharded epoch order; unpadded validation shards."""
+import os
+
 import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
@@ -59,3 +61,12 @@ def load_datasets(opt, image_size=None, contrast=False):
     if contrast:
         train = crd_dataset(train, opt.nce_k, opt.mode)
     return train, val
+
+
+def worker_count(requested, official, runtime):
+    """--num_workers, or the official count capped by this process's share of the CPUs."""
+    if requested is not None:
+        return requested
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(official, cpus // local_ranks))

@@ -44,7 +44,8 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
     g.add_argument("--dataset", choices=datasets, default=dataset, help="dataset")
     g.add_argument("--data_root", default="./data", help="folder holding the dataset")
     g.add_argument("--download", action="store_true", help="download the dataset when it is missing (online)")
-    g.add_argument("--num_workers", type=int, default=num_workers, help="data-loading worker processes")
+    g.add_argument("--num_workers", type=int, default=None,
+                   help=f"data-loading workers per process (default: {num_workers}, capped by the CPUs available)")
     g = p.add_argument_group("run")
     g.add_argument("--trial", default="0", help="name of this trial (part of the run folder)")
     g.add_argument("--save_root", default="./save", help="where run folders and results.jsonl go")
@@ -64,6 +65,7 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
     g.add_argument("--compile", action="store_true", help="torch.compile the student and the teacher")
     g.add_argument("--gpu_data", action="store_true",
                    help="keep CIFAR/Fashion-MNIST on the device and augment there (same distribution)")
+    p.set_defaults(official_num_workers=num_workers)
     return p
 
 

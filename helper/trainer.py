@@ -9,7 +9,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import load_checkpoint, save_atomic
-from .data import eval_loader, train_loader
+from .data import eval_loader, train_loader, worker_count
 from .device_data import device_loader_for
 from .engine import Interrupted, train_one_epoch, validate
 from .errors import UsageError
@@ -21,7 +21,8 @@ INIT_STAGE_EPOCH_OFFSET = 1_000_000
 
 # Options that may change between an interrupted run and its resumption without changing what is learned.
 OPERATIONAL_OPTIONS = {"resume", "num_workers", "print_freq", "device", "data_root", "download", "progress",
-                       "save_root", "deterministic", "save_freq", "compile", "fused_sgd", "channels_last"}
+                       "save_root", "deterministic", "save_freq", "compile", "fused_sgd", "channels_last",
+                       "official_num_workers"}
 
 
 def plain_config(opt):
@@ -94,7 +95,8 @@ class Trainer:
                 method, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
                 find_unused_parameters=not self.init_done, broadcast_buffers=False)
         self.train_loader = make_train_loader(train_set, opt, runtime)
-        self.val_loader = eval_loader(val_set, opt.batch_size, runtime, max(opt.num_workers // 2, 0))
+        workers = worker_count(opt.num_workers, getattr(opt, "official_num_workers", 8), runtime)
+        self.val_loader = eval_loader(val_set, opt.batch_size, runtime, workers // 2)
         self.writer = None
         self.progress = sys.stderr.isatty() if opt.progress is None else opt.progress
 
@@ -278,7 +280,8 @@ def make_train_loader(train_set, opt, runtime):
             return device_loader_for(train_set, opt.batch_size, opt.seed, runtime)
         except ValueError as err:
             raise UsageError(f"--gpu_data: {err}; drop --gpu_data") from None
-    return train_loader(train_set, opt.batch_size, opt.seed, runtime, opt.num_workers)
+    workers = worker_count(opt.num_workers, getattr(opt, "official_num_workers", 8), runtime)
+    return train_loader(train_set, opt.batch_size, opt.seed, runtime, workers)
 
 
 def compile_networks(*networks):
