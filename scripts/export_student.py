@@ -64,8 +64,8 @@ def main(argv=None):
     error, variant = export(opt)
     print(f"wrote {opt.out}; largest logit difference to the unfolded student: {error:.2e}")
     if variant:
-        print("note: build the plain MobileNetV2 as NORM's student variant (call prepare_norm_student()) "
-              "before loading: it has no ReLU after conv1 and conv2")
+        print("note: load it into MobileNetV2(num_classes=..., norm_student=True), NORM's student variant "
+              "without ReLU after conv1 and conv2")
     return error
 
 

@@ -44,7 +44,7 @@ class MobileNetV2(nn.Module):
     SETTINGS = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
                 (None, 96, 3, 1), (None, 160, 3, 2), (None, 320, 1, 1))
 
-    def __init__(self, num_classes=100, T=6, width_mult=0.5):
+    def __init__(self, num_classes=100, T=6, width_mult=0.5, norm_student=False):
         super().__init__()
         channels = int(32 * width_mult)
         self.conv1 = conv_bn_relu(3, channels, 3, 2)
@@ -63,7 +63,7 @@ class MobileNetV2(nn.Module):
         self.avgpool = nn.AvgPool2d(2, ceil_mode=True)
         self._initialize_weights()
 
-        self.norm_student = False
+        self.norm_student = norm_student  # True: the official NORM student (e.g. a folded export)
         self.feature_transform = None
         self.transform_in_channels = self.last_channel
         self.transform_init = "kaiming"
