@@ -4,6 +4,8 @@ from . import (abound, attention, correlation, crd, factor, fsp, hint, kd, kdsvd
 from .base import Distiller, Vanilla, kd_loss, normalize_logits
 from .registry import METHODS, register
 
+__all__ = ["METHODS", "Distiller", "Vanilla", "kd_loss", "method_class", "normalize_logits", "register"]
+
 
 def method_class(name):
     """The class registered as `name`; KeyError lists the valid names."""

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.norm import probe_features
-from .abound import TwoStageDistiller
+from .two_stage import TwoStageDistiller
 from .attention import attention_map, pool_to_smaller
 from .registry import register
 

@@ -7,7 +7,7 @@ student and teacher. As in RepDistiller, L_fsp is used only in an init stage tha
 modules; the main stage then trains on cross-entropy (+ KD) alone.
 """
 from models.norm import probe_features
-from .abound import TwoStageDistiller, student_feature_modules
+from .two_stage import TwoStageDistiller, student_feature_modules
 from .attention import pool_to_smaller
 from .registry import register
 

@@ -16,7 +16,6 @@ FT and by parameters they never use: `layer21/22`, `alpha`, `dropout`, left out 
 Bottleneck [3,4,6,3] with every stage's planes divided by 4 (16/32/64/128, outputs 64/128/256/512) on the
 usual 64-channel stem (reference §1.4).
 """
-from torch import nn
 from torchvision.models import resnet as tv
 
 __all__ = ["ResNet", "resnet18", "resnet34", "resnet50", "resnet18S", "resnet34S", "resnet50_4S"]
