@@ -61,6 +61,15 @@ def read_idx(path):
     return np.frombuffer(raw, dtype=_IDX_DTYPES[raw[2]], offset=header).reshape(shape)
 
 
+def write_idx(path, array):
+    """Write a uint8 array as an idx file (gzipped when `path` ends with .gz)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
 def read_fashion_mnist(images_path, labels_path):
     """Read one split: (uint8 array N x 32 x 32 zero-padded, list of int labels)."""
     images = read_idx(images_path)

@@ -24,9 +24,8 @@ if ROOT not in sys.path:
 
 import train_cifar_student  # noqa: E402
 import train_cifar_teacher  # noqa: E402
-from dataset.fashion_mnist import FashionMNIST, find_idx_files, read_idx, search_dirs  # noqa: E402
+from dataset.fashion_mnist import FashionMNIST, find_idx_files, read_idx, search_dirs, write_idx  # noqa: E402
 from helper.errors import UsageError, run_cli  # noqa: E402
-from tests.datafakes import write_idx  # noqa: E402
 
 
 def parser():

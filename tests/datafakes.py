@@ -1,5 +1,4 @@
 """Tiny on-disk datasets in the real formats (CIFAR pickles, idx files, ImageFolder JPEGs) for tests."""
-import gzip
 import math
 import os
 import pickle
@@ -7,6 +6,8 @@ from collections import namedtuple
 
 import numpy as np
 from PIL import Image
+
+from dataset.fashion_mnist import write_idx  # noqa: F401 - re-exported for the tests
 
 FakeSplits = namedtuple("FakeSplits", "train_images train_labels test_images test_labels")
 
@@ -79,15 +80,6 @@ def write_tiny_cifar(root, num_classes=100, n_train=200, n_test=100, learnable=F
         _dump(os.path.join(folder, "batches.meta"),
               {b"label_names": names, b"num_cases_per_batch": len(chunks[0]), b"num_vis": 3072})
     return FakeSplits(train_images, train_labels, test_images, test_labels)
-
-
-def write_idx(path, array):
-    """Write a uint8 array as an idx file (gzipped when `path` ends with .gz)."""
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "wb") as f:
-        f.write(header + array.tobytes())
 
 
 def write_tiny_fashion_mnist(folder, n_train=60, n_test=20, gz=True, seed=0):
