@@ -161,7 +161,7 @@ def measure(args, name):
     def step():
         nonlocal total
         images, targets, index = next(batches)
-        if cfg["data"] == "host":  # the official `.cuda()` of each batch, from pageable memory
+        if cfg["data"] == "host":  # the official per-batch copy to the GPU, from pageable memory
             images, targets, index = images.to(runtime.device), targets.to(runtime.device), index.to(runtime.device)
             if runtime.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
