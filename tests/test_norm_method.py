@@ -132,3 +132,26 @@ def test_official_student_checkpoint_converts_to_the_same_logits(tmp_path, monke
         torch.testing.assert_close(model(x), ours(x), atol=1e-5, rtol=1e-5)
     assert info["saved_accuracy"] == pytest.approx(71.0)
     assert getattr(model, "norm_student", False) == (model_s == "MobileNetV2")
+
+
+@pytest.mark.parametrize("model_s,ft_keys", [("resnet18S", "layer4"), ("MobileNet", "layer3")])
+def test_official_imagenet_student_converts_to_the_same_logits(tmp_path, model_s, ft_keys):
+    from models import imagenet_model_dict
+
+    torch.manual_seed(4)
+    ours = attach_feature_transform(imagenet_model_dict[model_s](num_classes=10), 64, 2).eval()
+    state = {}
+    for key, value in ours.state_dict().items():   # DataParallel prefix and the official FT names
+        key = key.replace("feature_transform.expand.", f"{ft_keys}1.").replace("feature_transform.contract.",
+                                                                              f"{ft_keys}2.")
+        state["module." + key] = value
+    if model_s == "resnet18S":   # the unused parameters the official resnet students carry
+        state["module.layer21.0.weight"] = torch.zeros(128, 128, 1, 1)
+        state["module.layer22.0.weight"] = torch.zeros(128, 128, 1, 1)
+    path = tmp_path / "student.pth"
+    torch.save({"epoch": 100, "model": state, "best_acc": torch.tensor(70.0)}, path)
+    model, _ = load_student_file(imagenet_model_dict, str(path), model_s=model_s, n=2, official=True)
+    size = 224 if model_s == "MobileNet" else 64
+    x = torch.randn(1, 3, size, size)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), ours(x), atol=1e-5, rtol=1e-5)
