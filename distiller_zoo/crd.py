@@ -41,6 +41,11 @@ class ContrastMemory(nn.Module):
         self._z_checked = False  # avoids reading z back from the device on every step
 
     def forward(self, emb_s, emb_t, index, contrast_index=None):
+        # exp(score / 0.07) magnifies rounding: score in float32 even under autocast
+        with torch.autocast(emb_s.device.type, enabled=False):
+            return self._scores(emb_s.float(), emb_t.float(), index, contrast_index)
+
+    def _scores(self, emb_s, emb_t, index, contrast_index):
         batch, n_data = emb_s.shape[0], self.memory_s.shape[0]
         if contrast_index is None:  # uniform negatives; the positive comes first
             contrast_index = torch.randint(0, n_data, (batch, self.k + 1), device=emb_s.device)

@@ -50,7 +50,8 @@ def match_spatial(student, teacher):
 
 def norm_loss(expanded, teacher_feature):
     """Sum over the N channel groups of expanded (B, N*C_t, H, W) of their MSE to teacher_feature (B, C_t, H, W)."""
-    expanded, teacher_feature = match_spatial(expanded, teacher_feature)
+    # float32 under autocast too: the loss is a small difference of large, many-element sums
+    expanded, teacher_feature = match_spatial(expanded.float(), teacher_feature.float())
     c_t = teacher_feature.shape[1]
     if expanded.shape[1] % c_t:
         raise ValueError(f"student feature has {expanded.shape[1]} channels, not a multiple of the teacher's {c_t}")
