@@ -2,12 +2,11 @@
 import os
 
 from distiller_zoo import METHODS, method_class
-from models.norm import matched_feature, probe_features  # noqa: F401 - re-exported for scripts' users
+from .checkpoint import load_checkpoint, model_state
 from .data import load_datasets
 from .engine import validate
 from .errors import UsageError
 from .model_loading import build_model, load_model_file, matching_architectures
-from .checkpoint import load_checkpoint, model_state
 from .options import base_parser, resolve_seed
 from .runtime import cleanup, seed_everything, setup_runtime
 from .trainer import Trainer, prepare_run_dir
