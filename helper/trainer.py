@@ -236,7 +236,8 @@ class Trainer:
         if is_best:
             self.save(best_path,
                       {"epoch": epoch, "model": self.student.state_dict(), "best_acc": float(self.best_acc),
-                       "accuracy": float(val["acc1"]), "config": self.config})
+                       "accuracy": float(val["acc1"]), "optimizer": self.optimizer.state_dict(),
+                       "config": self.config})  # RepDistiller's best-file keys, plus our options
         if epoch % opt.save_freq == 0:
             self.save(os.path.join(self.run_dir, f"ckpt_epoch_{epoch}.pth"),
                       {"epoch": epoch, "model": self.student.state_dict(), "accuracy": float(val["acc1"]),

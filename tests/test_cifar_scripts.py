@@ -27,6 +27,8 @@ def test_teacher_script_writes_repdistiller_checkpoints(tiny_cifar, tmp_path):
     assert summary["run"] == str(run)
     for name in ("resnet8_best.pth", "resnet8_last.pth", "ckpt_epoch_1.pth", "config.json"):
         assert (run / name).is_file(), name
+    best = load_checkpoint(str(run / "resnet8_best.pth"))
+    assert {"epoch", "model", "best_acc", "optimizer"} <= set(best) and isinstance(best["best_acc"], float)
     periodic = load_checkpoint(str(run / "ckpt_epoch_1.pth"))
     assert {"epoch", "model", "accuracy", "optimizer"} <= set(periodic)
     assert isinstance(periodic["accuracy"], float) and periodic["epoch"] == 1
