@@ -136,9 +136,12 @@ def mean_std(values):
 
 
 def summarize(records):
-    """One dict per group of runs, in table order."""
+    """One dict per group of runs, in table order (a run folder counts once: its latest line, e.g. after --resume)."""
+    latest = {}
+    for number, record in enumerate(records):
+        latest[record.get("run") or number] = record
     groups = {}
-    for record in records:
+    for record in latest.values():
         label, settings = label_and_settings(record)
         key = (record["dataset"], record["teacher"], record["student"], label, settings, record.get("epochs"))
         groups.setdefault(key, []).append(record)

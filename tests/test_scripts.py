@@ -230,7 +230,8 @@ def test_fetch_imagenet_teacher_dry_run_and_hash_check(no_network, tmp_path):
 
 
 def record(teacher, student, method, trial, best, last, dataset="cifar100", epochs=240, **config):
-    return {"run": f"save/student_model/{teacher}_{student}_{method}_{trial}", "teacher": teacher,
+    tag = "_".join(f"{k}_{v}" for k, v in sorted(config.items()))  # real run folders name their settings too
+    return {"run": f"save/student_model/{teacher}_{student}_{method}_{tag}_{epochs}_{trial}", "teacher": teacher,
             "student": student, "method": method, "dataset": dataset, "trial": str(trial), "teacher_acc": 79.4,
             "best_acc": best, "best_acc_top5": 90.0, "last_acc": last, "last_acc_top5": 90.0, "epochs": epochs,
             "wall_time_s": 1.0, "commit": None,
@@ -336,3 +337,13 @@ def test_demo_subset_writer_and_missing_data(tmp_path, monkeypatch):
     monkeypatch.setattr("dataset.fashion_mnist.SYSTEM_DIR", str(tmp_path / "no-system-copy"))
     with pytest.raises(UsageError, match="Fashion-MNIST idx files not found"):
         demo.locate_data(demo.parser().parse_args(["--data_root", str(tmp_path / "empty")]))
+
+
+def test_a_resumed_run_counts_once_with_its_latest_line(tmp_path):
+    path = tmp_path / "results.jsonl"
+    first = record("resnet32x4", "resnet8x4", "NORM", 1, 70.0, 70.0)
+    again = dict(first, best_acc=72.0, last_acc=71.0)   # the same run folder, finished again after --resume
+    other = record("resnet32x4", "resnet8x4", "NORM", 2, 74.0, 73.0)
+    path.write_text("\n".join(json.dumps(r) for r in (first, again, other)) + "\n")
+    (row,) = json.loads(summarize(path, "--json").stdout)
+    assert row["n"] == 2 and row["best_mean"] == pytest.approx(73.0)
