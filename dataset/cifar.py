@@ -92,6 +92,7 @@ class CIFAR(EpochSeeded, Dataset):
     def __len__(self):
         return len(self.data)
 
-    def __getitem__(self, index):
-        img = self._augment(Image.fromarray(self.data[index]), index)
+    def __getitem__(self, key):
+        epoch, index = self._item(key)
+        img = self._augment(Image.fromarray(self.data[index]), index, epoch)
         return img, self.targets[index], index

@@ -44,12 +44,17 @@ class EpochSeeded:
             raise ValueError(f"epoch must be a non-negative int, got {epoch!r}")
         self.epoch = int(epoch)
 
-    def _augment(self, img, index):
+    def _item(self, key):
+        """(epoch, index) of a key: an index, or an (epoch, index) pair from an epoch-tagging sampler."""
+        return (int(key[0]), int(key[1])) if isinstance(key, tuple) else (self.epoch, key)
+
+    def _augment(self, img, index, epoch=None):
         if self.transform is None:
             return img
         if self.seed is None:
             return self.transform(img)
-        state = item_seed_sequence(self.seed, self.epoch, index, _TRANSFORM_STREAM).generate_state(1, np.uint64)[0]
+        epoch = self.epoch if epoch is None else epoch
+        state = item_seed_sequence(self.seed, epoch, index, _TRANSFORM_STREAM).generate_state(1, np.uint64)[0]
         # fork_rng restores the CPU generator afterwards, so the caller's RNG stream is untouched. We seed only the
         # CPU generator: torch.manual_seed would also reseed CUDA, whose state fork_rng(devices=[]) does not restore.
         with torch.random.fork_rng(devices=[]):
@@ -107,15 +112,15 @@ class CRDDataset(Dataset):
         """Set the epoch of the wrapped dataset (which this wrapper reads)."""
         self.base.set_epoch(epoch)
 
-    def _rng(self, index):
+    def _rng(self, index, epoch):
         if self.seed is None:
             # Draw the generator's seed from NumPy's global RNG, which DataLoader workers reseed per worker.
             return np.random.default_rng(np.random.randint(0, 2**63 - 1))
-        return np.random.default_rng(item_seed_sequence(self.seed, self.epoch, index, _CRD_STREAM))
+        return np.random.default_rng(item_seed_sequence(self.seed, epoch, index, _CRD_STREAM))
 
-    def contrast_index(self, index):
-        """The [positive, K negatives] int64 array of item `index` for the current epoch."""
-        rng = self._rng(index)
+    def contrast_index(self, index, epoch=None):
+        """The [positive, K negatives] int64 array of item `index` for `epoch` (default: the current one)."""
+        rng = self._rng(index, self.epoch if epoch is None else epoch)
         start, count = self._blocks[int(self._targets[index])]
         positive = index if self.mode == "exact" else self._by_class[start + rng.integers(count)]
         n_candidates = len(self._targets) - count
@@ -123,6 +128,7 @@ class CRDDataset(Dataset):
         negatives = self._by_class[ranks + count * (ranks >= start)]
         return np.concatenate(([positive], negatives)).astype(np.int64)
 
-    def __getitem__(self, index):
-        img, target, index = self.base[index]
-        return img, target, index, self.contrast_index(index)
+    def __getitem__(self, key):
+        epoch = int(key[0]) if isinstance(key, tuple) else None  # an epoch-tagged key passes through to the base
+        img, target, index = self.base[key]
+        return img, target, index, self.contrast_index(index, epoch)

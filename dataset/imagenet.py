@@ -51,7 +51,8 @@ class ImageFolderWithIndex(EpochSeeded, datasets.ImageFolder):
             raise not_found("ImageFolder images", [root], f"{err}; pass --data_root") from err
         self._init_seed(seed)
 
-    def __getitem__(self, index):
+    def __getitem__(self, key):
+        epoch, index = self._item(key)
         path, target = self.samples[index]
-        img = self._augment(self.loader(path), index)
+        img = self._augment(self.loader(path), index, epoch)
         return img, target, index

@@ -6,10 +6,14 @@ from torch.utils.data import DataLoader, Sampler, Subset
 
 
 class EpochSampler(Sampler):
-    """Indices for one epoch drawn from (seed, epoch) alone, padded and sharded over ranks; can skip a prefix."""
+    """Indices for one epoch drawn from (seed, epoch) alone, padded and sharded over ranks; can skip a prefix.
 
-    def __init__(self, size, seed, shuffle=True, rank=0, world_size=1):
-        self.size, self.seed, self.shuffle = size, seed, shuffle
+    With `tag_epoch` it yields (epoch, index) pairs, which the datasets accept: persistent loader workers then
+    augment with the right epoch's seeds without being told of the new epoch.
+    """
+
+    def __init__(self, size, seed, shuffle=True, rank=0, world_size=1, tag_epoch=False):
+        self.size, self.seed, self.shuffle, self.tag_epoch = size, seed, shuffle, tag_epoch
         self.rank, self.world_size = rank, world_size
         self.per_rank = -(-size // world_size)
         self.epoch, self.skip = 0, 0
@@ -27,20 +31,19 @@ class EpochSampler(Sampler):
         padding = self.per_rank * self.world_size - self.size
         if padding:  # as DistributedSampler: every rank gets the same number of steps
             order = torch.cat([order, order[:padding]])
-        return iter(order[self.rank::self.world_size][self.skip:].tolist())
+        indices = order[self.rank::self.world_size][self.skip:].tolist()
+        return iter([(self.epoch, i) for i in indices] if self.tag_epoch else indices)
 
     def __len__(self):
         return self.per_rank - self.skip
 
 
 def train_loader(dataset, batch_size, seed, runtime, num_workers=8):
-    """The training loader: per-rank batch size `batch_size`, seeded order, workers re-created every epoch.
-
-    Workers are not persistent so that each epoch's workers see the dataset's current epoch (seeded augmentation).
-    """
-    sampler = EpochSampler(len(dataset), seed, True, runtime.rank, runtime.world_size)
+    """The training loader: per-rank batch size `batch_size`, seeded order, persistent workers, pinned on CUDA."""
+    sampler = EpochSampler(len(dataset), seed, True, runtime.rank, runtime.world_size, tag_epoch=True)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      pin_memory=runtime.device.type == "cuda", drop_last=False)
+                      pin_memory=runtime.device.type == "cuda", drop_last=False,
+                      persistent_workers=num_workers > 0)
 
 
 def eval_loader(dataset, batch_size, runtime, num_workers=4):

@@ -128,3 +128,26 @@ def test_non_finite_loss_names_epoch_step_and_term_and_keeps_last_checkpoint(tin
                                   "--print_freq", "100"])
     run = next((tmp_path / "models").iterdir())
     assert load_checkpoint(str(run / "resnet8_last.pth"))["epoch"] == 1
+
+
+def test_persistent_workers_augment_each_epoch_like_the_main_process(tiny_cifar):
+    from dataset import build_dataset, crd_dataset
+    from helper.data import train_loader
+    from helper.runtime import Runtime
+
+    def epochs(workers):
+        data = crd_dataset(build_dataset("cifar100", tiny_cifar, "train", seed=11), k=4)
+        loader = train_loader(data, 16, seed=11, runtime=Runtime(torch.device("cpu")), num_workers=workers)
+        seen = []
+        for epoch in (1, 2):
+            loader.sampler.set_epoch(epoch, 16 if epoch == 2 else 0)  # epoch 2 resumes after one batch
+            seen.append([batch for batch in loader])
+        return seen
+
+    in_process, workers = epochs(0), epochs(2)
+    assert not torch.equal(in_process[0][1][0], in_process[1][0][0])  # the epochs differ
+    for a_epoch, b_epoch in zip(in_process, workers):
+        assert len(a_epoch) == len(b_epoch)
+        for a, b in zip(a_epoch, b_epoch):
+            for x, y in zip(a, b):
+                assert torch.equal(x, y)
