@@ -183,8 +183,6 @@ class Trainer:
                                     momentum=opt.momentum, weight_decay=opt.weight_decay)
         for epoch in range(1, opt.init_epochs + 1):
             stage_epoch = INIT_STAGE_EPOCH_OFFSET + epoch  # a separate, still seeded, data order
-            if hasattr(self.train_set, "set_epoch"):
-                self.train_set.set_epoch(stage_epoch)
             self.train_loader.sampler.set_epoch(stage_epoch)
             try:
                 stats = train_one_epoch(self.model, self.train_loader, optimizer, self.runtime, epoch,
@@ -205,8 +203,6 @@ class Trainer:
                            opt.lr_decay_rate)
         set_learning_rate(self.optimizer, lr)
         self.method.set_epoch(epoch)
-        if hasattr(self.train_set, "set_epoch"):
-            self.train_set.set_epoch(epoch)
         self.train_loader.sampler.set_epoch(epoch, skip * opt.batch_size)
         tic = time.time()
         try:
