@@ -21,7 +21,7 @@ def build_method():
     return METHODS["NORM"].build(student, teacher, opt, data)
 
 
-def one_step(method, runtime, compile_model=False):
+def one_step(method, runtime, compile_model=False, steps=2):
     method = runtime.to_device(copy.deepcopy(method))
     if compile_model:
         compile_networks(method.student, method.teacher)
@@ -29,7 +29,8 @@ def one_step(method, runtime, compile_model=False):
     generator = torch.Generator().manual_seed(1)
     batch = (torch.randn(8, 3, 32, 32, generator=generator), torch.randint(0, 10, (8,), generator=generator),
              torch.arange(8))
-    stats = train_one_epoch(method, [batch, batch], optimizer, runtime, epoch=30, print_freq=100, progress=False)
+    stats = train_one_epoch(method, [batch] * steps, optimizer, runtime, epoch=30, scaler=runtime.grad_scaler(),
+                            print_freq=100, progress=False)
     return stats
 
 
@@ -46,6 +47,16 @@ def test_fast_flags_match_the_reference_step(reference, flags, tol):
     got = one_step(method, Runtime(torch.device("cpu"), **flags))
     for key in ("loss/ce", "loss/kd", "loss/norm"):
         assert got[key] == pytest.approx(expected[key], rel=tol), key
+
+
+def test_fp16_with_gradient_scaler_matches_the_reference_loss():
+    method = build_method()
+    expected = one_step(method, Runtime(torch.device("cpu")), steps=1)
+    runtime = Runtime(torch.device("cpu"), amp_dtype=torch.float16)
+    assert runtime.grad_scaler() is not None
+    got = one_step(method, runtime, steps=1)   # the loss of the first step, before any update
+    for key in ("loss/ce", "loss/kd", "loss/norm"):
+        assert got[key] == pytest.approx(expected[key], rel=1e-2), key
 
 
 def test_compiled_networks_match_the_reference_step(reference):
