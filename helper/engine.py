@@ -2,6 +2,7 @@
 import sys
 
 import torch
+import torch.distributed
 import torch.nn.functional as F
 
 from .errors import UsageError
@@ -78,13 +79,13 @@ def train_one_epoch(method, loader, optimizer, runtime, epoch, *, scaler=None, s
         first_bad = torch.where((first_bad < 0) & ~torch.isfinite(values), float(step), first_bad)
 
         if (step + 1) % print_freq == 0 or step + 1 == total_steps:
-            _check_finite(first_bad, names, epoch)
+            _check_finite(first_bad, names, epoch, runtime)
             if runtime.is_main and not progress:
                 avg = totals[:len(names)] / count
                 terms = " ".join(f"{k} {v:.4f}" for k, v in zip(names, avg.tolist()))
                 log(f"epoch {epoch} [{step + 1}/{total_steps}] {terms} lr {optimizer.param_groups[0]['lr']:.5g}")
         if stop is not None and stop.should_stop(step, runtime):
-            _check_finite(first_bad, names, epoch)
+            _check_finite(first_bad, names, epoch, runtime)
             raise Interrupted(step + 1)
     if totals is None:
         return {}
@@ -96,8 +97,15 @@ def train_one_epoch(method, loader, optimizer, runtime, epoch, *, scaler=None, s
     return result
 
 
-def _check_finite(first_bad, names, epoch):
-    """Raise NonFiniteLoss naming the epoch, step and term of the first non-finite loss (one host sync)."""
+def _check_finite(first_bad, names, epoch, runtime):
+    """Raise NonFiniteLoss naming the epoch, step and term of the first non-finite loss (one host sync).
+
+    Under DDP the ranks agree first (a collective every rank reaches), so either all of them stop or none does.
+    """
+    if runtime.distributed:  # the earliest bad step over the ranks (+inf stands for "none")
+        earliest = torch.where(first_bad < 0, float("inf"), first_bad)
+        torch.distributed.all_reduce(earliest, op=torch.distributed.ReduceOp.MIN)
+        first_bad = torch.where(torch.isinf(earliest), -1.0, earliest)
     bad = first_bad.tolist()
     hits = [(int(s), name) for s, name in zip(bad, names) if s >= 0]
     if hits:
