@@ -10,7 +10,7 @@ from helper.data import load_datasets
 from helper.errors import run_cli
 from helper.model_loading import build_model
 from helper.options import base_parser, resolve_seed
-from helper.runtime import cleanup, seed_everything, setup_runtime
+from helper.runtime import cleanup, seed_everything, setup_runtime, shared_seed
 from helper.trainer import Trainer, prepare_run_dir
 from models import model_dict
 
@@ -40,6 +40,7 @@ def main(argv=None):
     resolve_seed(opt, run_dir)
     runtime = setup_runtime(opt.device, opt.amp, opt.channels_last, opt.deterministic)
     try:
+        opt.seed = shared_seed(opt.seed, runtime)
         seed_everything(opt.seed + runtime.rank)
         train_set, val_set = load_datasets(opt)
         model = build_model(model_dict, opt.model, classes, "--model")

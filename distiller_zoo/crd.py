@@ -6,6 +6,7 @@ K negatives kept in two momentum memories; the NCE loss uses a uniform noise dis
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -28,6 +29,9 @@ class Embed(nn.Module):
 
 class ContrastMemory(nn.Module):
     """Two memories of n_data embeddings (student, teacher) scored against the other side's anchors."""
+
+    # kept identical on every DDP rank by all-gathering each step's rows: the trainer need not broadcast them
+    synchronised_buffers = ("memory_s", "memory_t")
 
     def __init__(self, feat_dim, n_data, k, temperature=0.07, momentum=0.5):
         super().__init__()
@@ -54,11 +58,12 @@ class ContrastMemory(nn.Module):
         scores_s = torch.exp(torch.einsum("bkd,bd->bk", self.memory_t[contrast_index], emb_s) / self.temperature)
         scores_t = torch.exp(torch.einsum("bkd,bd->bk", self.memory_s[contrast_index], emb_t) / self.temperature)
         if not self._z_checked:  # one host sync per process; a resumed run loads z with the buffers
-            if self.z_s.item() < 0:
-                self.z_s.fill_(scores_s.detach().mean().item() * n_data)
-                self.z_t.fill_(scores_t.detach().mean().item() * n_data)
+            if self.z_s.item() < 0:  # from every rank's first batch, so all ranks share Z
+                self.z_s.fill_(_gather_from_ranks(scores_s.detach()).mean().item() * n_data)
+                self.z_t.fill_(_gather_from_ranks(scores_t.detach()).mean().item() * n_data)
             self._z_checked = True
-        with torch.no_grad():
+        with torch.no_grad():  # under DDP every rank applies every rank's rows: the memories stay identical
+            emb_s, emb_t, index = (_gather_from_ranks(x.detach()) for x in (emb_s, emb_t, index))
             self._update(self.memory_s, emb_s, index)
             self._update(self.memory_t, emb_t, index)
         return scores_s / self.z_s, scores_t / self.z_t
@@ -66,6 +71,15 @@ class ContrastMemory(nn.Module):
     def _update(self, memory, emb, index):
         mixed = memory[index] * self.momentum + emb.detach().float() * (1 - self.momentum)
         memory.index_copy_(0, index, F.normalize(mixed, dim=1))
+
+
+def _gather_from_ranks(tensor):
+    """The concatenation of `tensor` over all DDP ranks (itself in a single process); equal shapes per rank."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
 
 
 def nce_loss(scores, n_data, eps=1e-7):

@@ -18,11 +18,15 @@ OFFICIAL_NORM_SCHEDULES = {
 
 
 def norm_schedule_weight(epoch, epochs, kind="cifar"):
-    """Official β1 at `epoch`; the phase boundaries scale with `epochs` (identical at the official length)."""
+    """Official β1 for our `epoch` (1..epochs), i.e. the official epoch epoch-1 (its loop starts at 0).
+
+    The phase boundaries scale with `epochs`; at the official length the phases last exactly as long as there.
+    """
     length, phases = OFFICIAL_NORM_SCHEDULES[kind]
+    official_epoch = (epoch - 1) * length / epochs
     weight = phases[0][1]
     for start, value in phases:
-        if epoch >= start * epochs / length:
+        if official_epoch >= start:
             weight = value
     return weight
 

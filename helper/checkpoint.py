@@ -17,17 +17,21 @@ def save_atomic(obj, path):
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=directory)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; checkpoints get the usual permissions
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as err:
+    except BaseException as err:  # disk full surfaces as OSError or as torch's RuntimeError; Ctrl-C too
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise CheckpointWriteError(
-            f"could not write {path}: {err.strerror or err}; the previous checkpoint is intact, "
-            "free space or fix permissions and rerun with --resume") from err
+        if isinstance(err, (OSError, RuntimeError)):
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
+            raise CheckpointWriteError(
+                f"could not write {path}: {reason}; the previous checkpoint is intact, "
+                "free space or fix permissions and rerun with --resume") from err
+        raise
     try:  # make the rename itself durable
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
@@ -36,6 +40,12 @@ def save_atomic(obj, path):
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def load_checkpoint(path):

@@ -8,7 +8,7 @@ from .engine import validate
 from .errors import UsageError
 from .model_loading import build_model, load_model_file, matching_architectures
 from .options import base_parser, resolve_seed
-from .runtime import cleanup, seed_everything, setup_runtime
+from .runtime import cleanup, seed_everything, setup_runtime, shared_seed
 from .trainer import Trainer, prepare_run_dir
 
 SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")  # the official scripts train these at lr 0.01
@@ -78,6 +78,7 @@ def student_main(argv, profile):
 
     runtime = setup_runtime(opt.device, opt.amp, opt.channels_last, opt.deterministic)
     try:
+        opt.seed = shared_seed(opt.seed, runtime)
         seed_everything(opt.seed + runtime.rank)
         image_size = getattr(opt, "image_size", None)
         train_set, val_set = load_datasets(opt, image_size, contrast=cls.needs_contrast)

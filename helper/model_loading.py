@@ -72,7 +72,8 @@ def load_student_file(zoo, path, *, model_s=None, num_classes=None, n=None, ft=N
     ft = ft or config.get("ft") or "residual"
     state = model_state(checkpoint, path)
     if official:
-        state = convert_official_student(state, ft_bypassed=(n == 1))
+        # official students skip their FT at N == 1, except the ImageNet MobileNet (reference §1.3-1.4)
+        state = convert_official_student(state, ft_bypassed=(n == 1 and model_s != "MobileNet"))
     if num_classes is None:  # read it off the stored classifier
         with torch.device("meta"):
             probe = build_model(zoo, model_s, 100, "--model_s")

@@ -113,6 +113,15 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def shared_seed(seed, runtime):
+    """Rank 0's seed on every rank (each process may have drawn its own), so all ranks shard one permutation."""
+    if not runtime.distributed:
+        return seed
+    holder = [seed]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def all_reduce_sum(tensor, runtime):
     """Sum a tensor over all ranks (identity in a single process)."""
     if runtime.distributed:

@@ -1,4 +1,5 @@
 """The run driver shared by the three training scripts: run folder, resume, epochs, checkpoints, logs, results."""
+import inspect
 import json
 import os
 import subprocess
@@ -70,7 +71,8 @@ class Trainer:
         self.method, self.student, self.opt, self.runtime = method, student, opt, runtime
         self.run_dir, self.name, self.train_set, self.val_set = run_dir, name, train_set, val_set
         self.record = record or {}
-        self.config = plain_config(opt)
+        # the process count is part of the run: it fixes the data shards and the global batch
+        self.config = {**plain_config(opt), "world_size": runtime.world_size}
         self.last_path = os.path.join(run_dir, f"{name}_last.pth")
         self.best_acc, self.start_epoch, self.start_step = 0.0, 1, 0
         self.init_done = not (getattr(method, "has_init_stage", False) and getattr(opt, "init_epochs", 0) > 0)
@@ -91,9 +93,10 @@ class Trainer:
                 torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)  # converts in place below the root
             # Buffers (BN statistics, CRD memories) are synchronised from rank 0 once per epoch, before
             # validation and checkpoints, instead of on every forward (a CRD memory is ~50 MB).
+            self.sync_buffers(everything=True)  # every rank starts from rank 0's buffers (e.g. CRD's random memories)
             self.model = DistributedDataParallel(
                 method, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
-                find_unused_parameters=not self.init_done, broadcast_buffers=False)
+                find_unused_parameters=not self.init_done, **_no_per_step_buffer_sync())
         self.train_loader = make_train_loader(train_set, opt, runtime)
         workers = worker_count(opt.num_workers, getattr(opt, "official_num_workers", 8), runtime)
         self.val_loader = eval_loader(val_set, opt.batch_size, runtime, workers // 2)
@@ -181,12 +184,14 @@ class Trainer:
         self.method.set_stage("init")
         optimizer = torch.optim.SGD(self.method.init_stage_parameters(), lr=self.method.init_learning_rate(opt),
                                     momentum=opt.momentum, weight_decay=opt.weight_decay)
+        scaler = self.runtime.grad_scaler()  # its own: the init stage's loss has another scale
         for epoch in range(1, opt.init_epochs + 1):
             stage_epoch = INIT_STAGE_EPOCH_OFFSET + epoch  # a separate, still seeded, data order
             self.train_loader.sampler.set_epoch(stage_epoch)
             try:
                 stats = train_one_epoch(self.model, self.train_loader, optimizer, self.runtime, epoch,
-                                        print_freq=opt.print_freq, stop=stop, progress=self.progress, log=self.log)
+                                        scaler=scaler, print_freq=opt.print_freq, stop=stop,
+                                        progress=self.progress, log=self.log)
             except Interrupted:
                 self.save(self.last_path, self.state(0, 0, 0.0))
                 raise
@@ -237,15 +242,23 @@ class Trainer:
         if epoch % opt.save_freq == 0:
             self.save(os.path.join(self.run_dir, f"ckpt_epoch_{epoch}.pth"),
                       {"epoch": epoch, "model": self.student.state_dict(), "accuracy": float(val["acc1"]),
-                       "optimizer": self.optimizer.state_dict(), "method": self.method.method_state_dict()})
+                       "optimizer": self.optimizer.state_dict(), "method": self.method.method_state_dict(),
+                       "config": self.config})
         self.save(self.last_path, self.state(epoch, 0, val["acc1"]))
         self.last_acc = val
 
-    def sync_buffers(self):
-        """Give every rank rank 0's buffers, so validation and the saved checkpoint agree."""
+    def sync_buffers(self, everything=False):
+        """Give every rank rank 0's buffers (BN statistics), so validation and the saved checkpoint agree.
+
+        Buffers a module declares in `synchronised_buffers` (CRD's memories) are kept equal by the module itself,
+        once they start equal (`everything=True`).
+        """
         if self.runtime.distributed:
-            for buffer in self.method.buffers():
-                torch.distributed.broadcast(buffer, 0)
+            for module in self.method.modules():
+                own = () if everything else getattr(module, "synchronised_buffers", ())
+                for name, buffer in module.named_buffers(recurse=False):
+                    if name not in own:
+                        torch.distributed.broadcast(buffer, 0)
 
     def interrupted(self, interrupt, stop):
         """Report how to resume after a signal; the resumable checkpoint is already written."""
@@ -279,6 +292,13 @@ def make_train_loader(train_set, opt, runtime):
             raise UsageError(f"--gpu_data: {err}; drop --gpu_data") from None
     workers = worker_count(opt.num_workers, getattr(opt, "official_num_workers", 8), runtime)
     return train_loader(train_set, opt.batch_size, opt.seed, runtime, workers)
+
+
+def _no_per_step_buffer_sync():
+    """DDP's option for not broadcasting buffers on every forward (renamed in recent PyTorch)."""
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def compile_networks(*networks):

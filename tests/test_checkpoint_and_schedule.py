@@ -34,13 +34,16 @@ def test_atomic_save_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.pth"]  # no temporary file left behind
 
 
-def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", [OSError(errno.ENOSPC, "No space left on device"),
+                                   RuntimeError("No space left on device (unexpected pos 4096)")],
+                         ids=["OSError", "torch RuntimeError"])
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch, error):
     path = str(tmp_path / "last.pth")
     save_atomic({"epoch": 1}, path)
 
     def disk_full(obj, handle):
         handle.write(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise error
 
     monkeypatch.setattr(checkpoint.torch, "save", disk_full)
     with pytest.raises(CheckpointWriteError, match="No space left on device"):

@@ -112,18 +112,20 @@ def test_contrast_memory_scores_and_momentum_update():
     assert mem.z_s.item() == pytest.approx(z_s.item())  # not re-estimated
 
 
-@pytest.mark.parametrize("epoch,weight", [(1, 0.1), (9, 0.1), (10, 0.5), (19, 0.5), (20, 1.0), (179, 1.0),
-                                          (180, 0.5), (209, 0.5), (210, 0.1), (240, 0.1)])
+# Our epoch e (1..240) is the official epoch e-1 (0..239): 0.1 for official 0-9, 0.5 for 10-19, 1.0 for 20-179, ...
+@pytest.mark.parametrize("epoch,weight", [(1, 0.1), (10, 0.1), (11, 0.5), (20, 0.5), (21, 1.0), (180, 1.0),
+                                          (181, 0.5), (210, 0.5), (211, 0.1), (240, 0.1)])
 def test_official_cifar_norm_schedule(epoch, weight):
     assert norm_schedule_weight(epoch, 240, "cifar") == weight
 
 
-@pytest.mark.parametrize("epoch,weight", [(0, 0.1), (4, 0.1), (5, 0.5), (14, 0.5), (15, 0.9), (59, 0.9),
-                                          (60, 0.5), (80, 0.1), (100, 0.1)])
+@pytest.mark.parametrize("epoch,weight", [(1, 0.1), (5, 0.1), (6, 0.5), (15, 0.5), (16, 0.9), (60, 0.9),
+                                          (61, 0.5), (80, 0.5), (81, 0.1), (100, 0.1)])
 def test_official_imagenet_norm_schedule(epoch, weight):
     assert norm_schedule_weight(epoch, 100, "imagenet") == weight
 
 
 def test_norm_schedule_scales_with_run_length():
-    assert norm_schedule_weight(5, 120, "cifar") == 0.5    # 5 / 120 == 10 / 240
-    assert norm_schedule_weight(4, 120, "cifar") == 0.1
+    # 120 epochs: our epoch e is official epoch (e-1)*2, so the 0.1 warm-up lasts 5 epochs, then 0.5 for 5
+    assert [norm_schedule_weight(e, 120, "cifar") for e in (1, 5, 6, 10, 11)] == [0.1, 0.1, 0.5, 0.5, 1.0]
+    assert norm_schedule_weight(1, 2, "cifar") == 0.1   # even a 2-epoch run starts with the warm-up weight
