@@ -3,11 +3,9 @@ import os
 import pickle
 
 import numpy as np
-from PIL import Image
-from torch.utils.data import Dataset
 from torchvision import datasets
 
-from .common import EpochSeeded, cifar_style_transforms, not_found
+from .common import InMemoryImages, cifar_style_transforms, not_found
 
 # Per-channel statistics of the training sets (RepDistiller's CIFAR-100 values; the usual CIFAR-10 ones).
 MEAN = {100: (0.5071, 0.4867, 0.4408), 10: (0.4914, 0.4822, 0.4465)}
@@ -64,7 +62,7 @@ def cifar_transforms(num_classes, train):
     return cifar_style_transforms(MEAN[num_classes], STD[num_classes], train)
 
 
-class CIFAR(EpochSeeded, Dataset):
+class CIFAR(InMemoryImages):
     """CIFAR-10/100 held in memory as uint8 NHWC; items are (img, target, index)."""
 
     def __init__(self, root, num_classes=100, train=True, transform=None, download=False, seed=None):
@@ -88,11 +86,3 @@ class CIFAR(EpochSeeded, Dataset):
                             "pass --data_root pointing to the folder that holds "
                             f"{LAYOUT[num_classes][0]}/, or run once online with --download")
         self.data, self.targets = read_cifar(root, num_classes, train)
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, key):
-        epoch, index = self._item(key)
-        img = self._augment(Image.fromarray(self.data[index]), index, epoch)
-        return img, self.targets[index], index

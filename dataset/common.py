@@ -1,6 +1,7 @@
 """Pieces shared by every dataset: the not-found error, seeded augmentation, CIFAR-style transforms, the CRD wrapper."""
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 
@@ -60,6 +61,18 @@ class EpochSeeded:
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(int(state))
             return self.transform(img)
+
+
+class InMemoryImages(EpochSeeded, Dataset):
+    """A dataset of uint8 images in memory (`data`, N x H x W [x C]) and int `targets`; items (img, target, index)."""
+
+    def __len__(self):
+        return len(self.data)
+
+    def __getitem__(self, key):
+        epoch, index = self._item(key)
+        img = self._augment(Image.fromarray(self.data[index]), index, epoch)
+        return img, self.targets[index], index
 
 
 def cifar_style_transforms(mean, std, train):

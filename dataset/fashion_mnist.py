@@ -3,11 +3,9 @@ import gzip
 import os
 
 import numpy as np
-from PIL import Image
-from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
-from .common import EpochSeeded, not_found
+from .common import InMemoryImages, not_found
 
 SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist package
 
@@ -101,7 +99,7 @@ def fashion_mnist_transforms(train):
     return transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] + tail)
 
 
-class FashionMNIST(EpochSeeded, Dataset):
+class FashionMNIST(InMemoryImages):
     """Fashion-MNIST held in memory as uint8 N x 32 x 32 (padded); items are (img, target, index)."""
 
     num_classes = NUM_CLASSES
@@ -124,11 +122,3 @@ class FashionMNIST(EpochSeeded, Dataset):
                             "apt-get install dataset-fashion-mnist, pass --data_root, "
                             "or run once online with --download")
         self.data, self.targets = read_fashion_mnist(*found)
-
-    def __len__(self):
-        return len(self.data)
-
-    def __getitem__(self, key):
-        epoch, index = self._item(key)
-        img = self._augment(Image.fromarray(self.data[index]), index, epoch)
-        return img, self.targets[index], index
