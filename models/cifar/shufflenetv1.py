@@ -39,7 +39,29 @@ class Bottleneck(nn.Module):
         return (out, preact) if self.is_last else out
 
 
-class ShuffleV1(nn.Module):
+class ShuffleStages:
+    """What ShuffleV1 and ShuffleV2 share: the stem, three stages and their feature lists (RepDistiller's layout)."""
+
+    def get_feat_modules(self):
+        """Feature-extracting modules: conv1, bn1 and the three stages."""
+        return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3])
+
+    def get_bn_before_relu(self):
+        """Not supported, as in RepDistiller (no OFD teacher)."""
+        raise NotImplementedError(f"{type(self).__name__} has no BN-before-ReLU list (not supported as an OFD teacher)")
+
+    def stem_and_stages(self, x, preact=False):
+        """(layer3 output, [f0, f1, f2, f3]) with the stages' outputs, or their pre-ReLU maps with `preact`."""
+        out = F.relu(self.bn1(self.conv1(x)))
+        feats, pre = [out], [out]
+        for layer in (self.layer1, self.layer2, self.layer3):
+            out, out_pre = layer(out)
+            feats.append(out)
+            pre.append(out_pre)
+        return out, (pre if preact else feats)
+
+
+class ShuffleV1(ShuffleStages, nn.Module):
     """RepDistiller's CIFAR ShuffleNet V1; each stage returns (output, pre-ReLU output)."""
 
     def __init__(self, num_classes=100, out_planes=(240, 480, 960), num_blocks=(4, 8, 4), groups=3):
@@ -68,23 +90,9 @@ class ShuffleV1(nn.Module):
             self.in_planes = out_planes
         return nn.Sequential(*layers)
 
-    def get_feat_modules(self):
-        """Feature-extracting modules: conv1, bn1 and the three stages."""
-        return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3])
-
-    def get_bn_before_relu(self):
-        """Not supported, as in RepDistiller (no OFD teacher)."""
-        raise NotImplementedError("ShuffleV1 has no BN-before-ReLU list (not supported as an OFD teacher)")
-
     def forward(self, x, is_feat=False, preact=False):
         """Logits, or ([f0..f4], logits) with `is_feat`; `preact` gives the stages' pre-ReLU maps."""
-        out = F.relu(self.bn1(self.conv1(x)))
-        feats, pre = [out], [out]
-        for layer in (self.layer1, self.layer2, self.layer3):
-            out, out_pre = layer(out)
-            feats.append(out)
-            pre.append(out_pre)
-        feats = pre if preact else feats
+        out, feats = self.stem_and_stages(x, preact)
         if self.feature_transform is not None:
             out, feats[-1] = self.feature_transform(out)
         out = F.avg_pool2d(out, 4).flatten(1)

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .shufflenetv1 import channel_shuffle
+from .shufflenetv1 import ShuffleStages, channel_shuffle
 
 
 def conv_bn(in_channels, out_channels, kernel_size=1, stride=1, depthwise=False):
@@ -55,7 +55,7 @@ class DownBlock(nn.Module):
         return channel_shuffle(torch.cat([left, right], 1), 2)
 
 
-class ShuffleV2(nn.Module):
+class ShuffleV2(ShuffleStages, nn.Module):
     """RepDistiller's CIFAR ShuffleNet V2; each stage returns (output, pre-ReLU output)."""
 
     def __init__(self, num_classes=100, out_channels=(116, 232, 464, 1024), num_blocks=(3, 7, 3)):
@@ -82,23 +82,9 @@ class ShuffleV2(nn.Module):
         self.in_channels = out_channels
         return nn.Sequential(*layers)
 
-    def get_feat_modules(self):
-        """Feature-extracting modules: conv1, bn1 and the three stages."""
-        return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3])
-
-    def get_bn_before_relu(self):
-        """Not supported, as in RepDistiller (no OFD teacher)."""
-        raise NotImplementedError("ShuffleV2 has no BN-before-ReLU list (not supported as an OFD teacher)")
-
     def forward(self, x, is_feat=False, preact=False):
         """Logits, or ([f0..f4], logits) with `is_feat`; `preact` gives the stages' pre-ReLU maps."""
-        out = F.relu(self.bn1(self.conv1(x)))
-        feats, pre = [out], [out]
-        for layer in (self.layer1, self.layer2, self.layer3):
-            out, out_pre = layer(out)
-            feats.append(out)
-            pre.append(out_pre)
-        feats = pre if preact else feats
+        out, feats = self.stem_and_stages(x, preact)
         out = F.relu(self.bn2(self.conv2(out)))
         if self.feature_transform is not None:
             # The matched map replaces f3 (layer3's output) although the FT sits after conv2.
