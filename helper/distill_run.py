@@ -6,7 +6,7 @@ from .checkpoint import load_checkpoint, model_state
 from .data import load_datasets
 from .engine import validate
 from .errors import UsageError
-from .model_loading import build_model, load_model_file, matching_architectures
+from .model_loading import build_model, load_model_state, matching_architectures
 from .options import base_parser, resolve_seed
 from .runtime import cleanup, seed_everything, setup_runtime, shared_seed
 from .trainer import Trainer, prepare_run_dir
@@ -44,9 +44,8 @@ def run_name(opt, weights, dataset_tag):
             f"_b_{weights['beta']}_c_{weights['logit_scale']}_s_{opt.co_sponge}_{opt.trial}")
 
 
-def infer_teacher_name(zoo, path, num_classes):
-    """The teacher architecture stored in `path`, found by matching its keys and shapes against the zoo."""
-    state = model_state(load_checkpoint(path), path)
+def infer_teacher_name(zoo, state, path, num_classes):
+    """The teacher architecture of `state` (read from `path`), found by matching its keys and shapes in the zoo."""
     names = matching_architectures(zoo, state, num_classes)
     if len(names) != 1:
         found = f"several architectures fit it ({', '.join(names)})" if names else "no architecture fits it"
@@ -67,8 +66,9 @@ def student_main(argv, profile):
     if opt.learning_rate is None:
         opt.learning_rate = 0.01 if opt.model_s in SMALL_LR_STUDENTS else profile["learning_rate"]
     num_classes = profile["num_classes"](opt)
+    teacher_state = model_state(load_checkpoint(opt.path_t), opt.path_t)  # read once, validated before the run
     if opt.model_t is None:
-        opt.model_t = infer_teacher_name(profile["zoo"], opt.path_t, num_classes)
+        opt.model_t = infer_teacher_name(profile["zoo"], teacher_state, opt.path_t, num_classes)
     if opt.model_s not in profile["zoo"]:
         build_model(profile["zoo"], opt.model_s, num_classes, "--model_s")
     weights = cls.weights(opt)
@@ -82,7 +82,8 @@ def student_main(argv, profile):
         seed_everything(opt.seed + runtime.rank)
         image_size = getattr(opt, "image_size", None)
         train_set, val_set = load_datasets(opt, image_size, contrast=cls.needs_contrast)
-        teacher = load_model_file(profile["zoo"], opt.model_t, opt.path_t, num_classes, "--model_t")
+        teacher = load_model_state(profile["zoo"], opt.model_t, teacher_state, opt.path_t, num_classes, "--model_t")
+        del teacher_state
         student = build_model(profile["zoo"], opt.model_s, num_classes, "--model_s")
         data = {"n_data": len(train_set), "image_size": image_size or profile["probe_size"], "in_channels": 3,
                 "schedule_kind": profile["schedule_kind"]}

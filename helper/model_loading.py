@@ -48,23 +48,26 @@ def load_strict(model, state, *, name, path, zoo, num_classes, flag):
     return model
 
 
-def load_model_file(zoo, name, path, num_classes, flag="--model_t"):
-    """Build `name` and load the model state of checkpoint `path` into it (strictly, safely)."""
+def load_model_state(zoo, name, state, path, num_classes, flag="--model_t"):
+    """Build `name` and load `state` (the model state read from `path`) into it strictly."""
     model = build_model(zoo, name, num_classes, flag)
-    state = model_state(load_checkpoint(path), path)
     return load_strict(model, state, name=name, path=path, zoo=zoo, num_classes=num_classes, flag=flag)
 
 
-def load_student_file(zoo, path, *, model_s=None, num_classes=None, n=None, ft=None, official=False):
-    """Build a (NORM) student from checkpoint `path`: ours (options read from its saved config) or official.
+def load_model_file(zoo, name, path, num_classes, flag="--model_t"):
+    """Build `name` and load the model state of checkpoint `path` into it (strictly, safely)."""
+    return load_model_state(zoo, name, model_state(load_checkpoint(path), path), path, num_classes, flag)
+
+
+def load_student(zoo, checkpoint, path, *, model_s=None, num_classes=None, n=None, ft=None, official=False):
+    """Build a (NORM) student from `checkpoint` (read from `path`): ours (options from its saved config) or official.
 
     Returns (model, info) where info holds the resolved model_s, n, ft, dataset and the stored accuracy.
     """
     from models.norm import attach_feature_transform
     from .convert import convert_official_student, transform_width
 
-    checkpoint = load_checkpoint(path)
-    config = _config_of(checkpoint)
+    config = checkpoint_config(checkpoint)
     model_s = model_s or config.get("model_s") or config.get("model")
     if not model_s:
         raise UsageError(f"{path} does not say which architecture it holds; pass --model_s")
@@ -94,11 +97,7 @@ def load_student_file(zoo, path, *, model_s=None, num_classes=None, n=None, ft=N
     return model, info
 
 
-def _config_of(checkpoint):
+def checkpoint_config(checkpoint):
+    """The run options saved in one of our checkpoints ({} for other files)."""
     config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     return config if isinstance(config, dict) else {}
-
-
-def checkpoint_config(path):
-    """The run options saved in one of our checkpoints ({} for other files)."""
-    return _config_of(load_checkpoint(path))

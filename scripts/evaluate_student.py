@@ -10,10 +10,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset import build_dataset  # noqa: E402
+from helper.checkpoint import load_checkpoint  # noqa: E402
 from helper.data import eval_loader  # noqa: E402
 from helper.engine import validate  # noqa: E402
 from helper.errors import ArgumentParser, run_cli  # noqa: E402
-from helper.model_loading import checkpoint_config, load_student_file  # noqa: E402
+from helper.model_loading import checkpoint_config, load_student  # noqa: E402
 from helper.runtime import setup_runtime  # noqa: E402
 from models import imagenet_model_dict, model_dict  # noqa: E402
 
@@ -42,12 +43,13 @@ def parser():
 def evaluate(opt):
     """Load, evaluate and return the metrics dict."""
     runtime = setup_runtime(opt.device)
-    config = checkpoint_config(opt.path)
+    checkpoint = load_checkpoint(opt.path)
+    config = checkpoint_config(checkpoint)
     dataset = opt.dataset or config.get("dataset") or "cifar100"
     model_s = opt.model_s or config.get("model_s") or config.get("model")
     zoo = imagenet_model_dict if dataset == "imagenet" or model_s in imagenet_model_dict else model_dict
     root = opt.data_root or ("./data/imagenet" if dataset == "imagenet" else "./data")
-    model, info = load_student_file(zoo, opt.path, model_s=model_s, n=opt.co_sponge, ft=opt.ft,
+    model, info = load_student(zoo, checkpoint, opt.path, model_s=model_s, n=opt.co_sponge, ft=opt.ft,
                                     official=opt.official)
     image_size = (opt.image_size or config.get("image_size") or 224) if dataset == "imagenet" else None
     val = build_dataset(dataset, root, "val", image_size=image_size)

@@ -10,9 +10,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from helper.checkpoint import save_atomic  # noqa: E402
+from helper.checkpoint import load_checkpoint, save_atomic  # noqa: E402
 from helper.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
-from helper.model_loading import build_model, checkpoint_config, load_student_file  # noqa: E402
+from helper.model_loading import build_model, checkpoint_config, load_student  # noqa: E402
 from models import imagenet_model_dict, model_dict  # noqa: E402
 from models.norm import fold_transform_into_classifier  # noqa: E402
 
@@ -31,10 +31,11 @@ def parser():
 
 def export(opt):
     """Fold, verify on a random batch, write; returns the largest logit difference."""
-    config = checkpoint_config(opt.path)
+    checkpoint = load_checkpoint(opt.path)
+    config = checkpoint_config(checkpoint)
     model_s = opt.model_s or config.get("model_s") or config.get("model")
     zoo = imagenet_model_dict if model_s in imagenet_model_dict else model_dict
-    model, info = load_student_file(zoo, opt.path, model_s=model_s, n=opt.co_sponge, ft=opt.ft,
+    model, info = load_student(zoo, checkpoint, opt.path, model_s=model_s, n=opt.co_sponge, ft=opt.ft,
                                     official=opt.official)
     model.eval()
     if model.feature_transform is not None and not getattr(model, "transform_foldable", False):

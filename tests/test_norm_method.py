@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from distiller_zoo import METHODS
-from helper.model_loading import load_student_file
+from helper.checkpoint import load_checkpoint
+from helper.model_loading import load_student
 from models import model_dict
 from models.norm import attach_feature_transform
 
@@ -125,7 +126,7 @@ def test_official_student_checkpoint_converts_to_the_same_logits(tmp_path, monke
     torch.save({"epoch": 240, "model": official_layout(ours.state_dict(), model_s),
                 "best_acc": torch.tensor(71.0)}, path)
     monkeypatch.undo()
-    model, info = load_student_file(model_dict, str(path), model_s=model_s, n=8, official=True)
+    model, info = load_student(model_dict, load_checkpoint(str(path)), str(path), model_s=model_s, n=8, official=True)
     model.eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -150,7 +151,7 @@ def test_official_imagenet_student_converts_to_the_same_logits(tmp_path, model_s
         state["module.layer22.0.weight"] = torch.zeros(128, 128, 1, 1)
     path = tmp_path / "student.pth"
     torch.save({"epoch": 100, "model": state, "best_acc": torch.tensor(70.0)}, path)
-    model, _ = load_student_file(imagenet_model_dict, str(path), model_s=model_s, n=2, official=True)
+    model, _ = load_student(imagenet_model_dict, load_checkpoint(str(path)), str(path), model_s=model_s, n=2, official=True)
     size = 224 if model_s == "MobileNet" else 64
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():
