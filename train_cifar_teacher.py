@@ -21,7 +21,7 @@ def parser():
     """The official teacher flags plus dataset, seed and device choices."""
     p = base_parser("Train a CIFAR-100/CIFAR-10/Fashion-MNIST model from scratch.", epochs=240, batch_size=64,
                     learning_rate=None, weight_decay=5e-4, lr_decay="step", lr_decay_epochs=[150, 180, 210],
-                    dataset="cifar100", datasets=["cifar100", "cifar10", "fashion_mnist"], save_freq=40)
+                    dataset="cifar100", datasets=["cifar100", "cifar10", "fashion_mnist"], save_freq=240)
     p.add_argument("--model", default="resnet110", help=f"architecture: {', '.join(model_dict)}")
     return p
 

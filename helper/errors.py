@@ -10,6 +10,11 @@ class UsageError(Exception):
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with a single-line error message (and exit code 2) instead of usage + error."""
 
+    def __init__(self, *args, **kwargs):
+        # no prefix matching: the official `--init_epoch` must not silently become our `--init_epochs`
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 

@@ -47,7 +47,7 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
     g.add_argument("--num_workers", type=int, default=None,
                    help=f"data-loading workers per process (default: {num_workers}, capped by the CPUs available)")
     g = p.add_argument_group("run")
-    g.add_argument("--trial", default="0", help="name of this trial (part of the run folder)")
+    g.add_argument("-t", "--trial", default="0", help="name of this trial (part of the run folder)")
     g.add_argument("--save_root", default="./save", help="where run folders and results.jsonl go")
     g.add_argument("--save_freq", type=positive_int, default=save_freq, help="write ckpt_epoch_E.pth every E")
     g.add_argument("--print_freq", type=positive_int, default=100, help="log every this many steps")

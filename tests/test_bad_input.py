@@ -130,3 +130,10 @@ def test_real_entry_point_prints_one_line(tmp_path):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1 and "-s/--co-sponge" in out.stderr
+
+
+def test_an_official_flag_is_not_taken_as_a_prefix_of_ours(capsys, tmp_path):
+    # the official `--init_epoch` (first epoch of the loop) is not our `--init_epochs` (AB/FT/FSP pre-training)
+    err = fails(train_cifar_student.main, ["--path_t", str(tmp_path / "t.pth"), "--init_epoch", "5"], capsys)
+    assert "unrecognized arguments: --init_epoch 5" in err
+    assert train_cifar_teacher.parser().parse_args(["-t", "3"]).trial == "3"  # the official short form
