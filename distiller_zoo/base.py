@@ -56,6 +56,9 @@ class Distiller(Vanilla):
     preact = False  # AB asks for pre-activation features
     defaults = {"gamma": 1.0, "alpha": 0.0, "beta": 0.0}  # RepDistiller's script weights, per method
     default_logit_scale = 0.0  # NORM's logit layer-norm is opt-in for the baselines (-c 2.5 turns it on)
+    # Under AMP, feature_losses gets float32 copies and runs outside autocast: half precision overflows in the
+    # baselines' sums (an SP Gram entry of resnet32x4 reaches 8e4 > 65504). False: the method casts what it uses.
+    losses_in_float32 = True
 
     @classmethod
     def add_arguments(cls, parser):
@@ -104,7 +107,12 @@ class Distiller(Vanilla):
         if self.alpha:
             z_t = normalize_logits(logits_t, self.logit_scale)
             losses["kd"] = self.alpha * kd_loss(z_s, z_t, self.kd_T)
-        losses.update(self.feature_losses(feat_s, feat_t, logits_s, logits_t, index, contrast_index))
+        if self.losses_in_float32:
+            with torch.autocast(logits_s.device.type, enabled=False):
+                losses.update(self.feature_losses([f.float() for f in feat_s], [f.float() for f in feat_t],
+                                                  logits_s.float(), logits_t.float(), index, contrast_index))
+        else:
+            losses.update(self.feature_losses(feat_s, feat_t, logits_s, logits_t, index, contrast_index))
         return logits_s, losses
 
     def feature_losses(self, feat_s, feat_t, logits_s, logits_t, index, contrast_index):

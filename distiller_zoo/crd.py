@@ -128,6 +128,7 @@ class CRD(Distiller):
 
     needs_contrast = True
     defaults = {"gamma": 1.0, "alpha": 0.0, "beta": 0.8}
+    losses_in_float32 = False  # the contrast scores are float32 already; only the pooled vectors are used
 
     def __init__(self, student, teacher, crd, **weights):
         super().__init__(student, teacher, **weights)

@@ -70,6 +70,7 @@ class NORM(Distiller):
 
     defaults = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
     default_logit_scale = 2.5
+    losses_in_float32 = False  # norm_loss casts the one map it uses (and CRD its scores): no copies of the rest
 
     def __init__(self, student, teacher, schedule="official", schedule_kind="cifar", epochs=240, **weights):
         super().__init__(student, teacher, **weights)

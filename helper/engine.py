@@ -119,15 +119,17 @@ def _check_finite(first_bad, names, epoch, runtime):
 def validate(model, loader, runtime):
     """Top-1/top-5 accuracy (percent) and mean cross-entropy of `model` over all ranks' shards of `loader`."""
     model.eval()
-    totals = torch.zeros(4, device=runtime.device)
+    totals = torch.zeros(4, device=runtime.device)  # loss, top-1, top-5, samples (counted on the host)
+    count = 0
     for batch in loader:
         images, targets, _, _ = _to_device(batch, runtime)
         with runtime.autocast():
             logits = model(images)
         logits = logits.float()
-        loss = F.cross_entropy(logits, targets, reduction="sum")
-        n = torch.tensor([targets.shape[0]], device=runtime.device, dtype=torch.float32)
-        totals += torch.cat([loss[None], correct_topk(logits, targets).float(), n])
+        totals[0] += F.cross_entropy(logits, targets, reduction="sum")
+        totals[1:3] += correct_topk(logits, targets).float()
+        count += targets.shape[0]
+    totals[3] = count
     loss, top1, top5, count = all_reduce_sum(totals, runtime).tolist()
     count = max(count, 1)
     return {"acc1": 100 * top1 / count, "acc5": 100 * top5 / count, "loss": loss / count}

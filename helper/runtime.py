@@ -52,7 +52,7 @@ class Runtime:
         return module.to(memory_format=torch.channels_last) if self.channels_last else module
 
 
-def choose_device(requested="auto", local_rank=0):
+def choose_device(requested="auto", local_rank=0, world_size=1):
     """CUDA when present (or asked for), else CPU; a clear error when the asked-for device is missing."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
@@ -61,6 +61,9 @@ def choose_device(requested="auto", local_rank=0):
             raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu")
         if requested == "cuda":
             requested = f"cuda:{local_rank}"
+        elif world_size > 1:
+            raise UsageError(f"--device {requested} would put every torchrun process on one GPU; use --device cuda "
+                             "(each process takes cuda:LOCAL_RANK) and choose GPUs with CUDA_VISIBLE_DEVICES")
     return torch.device(requested)
 
 
@@ -69,7 +72,7 @@ def setup_runtime(device="auto", amp="none", channels_last=False, deterministic=
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = choose_device(device, local_rank)
+    dev = choose_device(device, local_rank, world_size)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
@@ -97,8 +100,8 @@ def rng_state():
     np_state = np.random.get_state()
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
              "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])]}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.cuda.is_available():  # this process's device only: a resume may see other GPUs (or fewer)
+        state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
 
@@ -109,8 +112,9 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if isinstance(cuda, torch.Tensor) and torch.cuda.is_available():  # older files held a list: skipped
+        torch.cuda.set_rng_state(cuda, torch.cuda.current_device())
 
 
 def shared_seed(seed, runtime):

@@ -127,6 +127,7 @@ class Trainer:
         self.student.load_state_dict(ckpt["model"])
         self.method.load_method_state_dict(ckpt["method"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        match_parameter_layouts(self.optimizer)
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.best_acc, self.history = ckpt["best_acc"], list(ckpt.get("history", []))
@@ -299,6 +300,17 @@ def _no_per_step_buffer_sync():
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
         return {"forward_sync_buffers": False}
     return {"broadcast_buffers": False}
+
+
+def match_parameter_layouts(optimizer):
+    """Give every per-parameter state tensor (momentum) its parameter's memory layout, in place.
+
+    A resume may switch --channels_last; the loaded buffers keep the saved strides, which fused SGD refuses.
+    """
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param).copy_(value)
 
 
 def compile_networks(*networks):

@@ -137,3 +137,14 @@ def test_an_official_flag_is_not_taken_as_a_prefix_of_ours(capsys, tmp_path):
     err = fails(train_cifar_student.main, ["--path_t", str(tmp_path / "t.pth"), "--init_epoch", "5"], capsys)
     assert "unrecognized arguments: --init_epoch 5" in err
     assert train_cifar_teacher.parser().parse_args(["-t", "3"]).trial == "3"  # the official short form
+
+
+def test_an_explicit_gpu_index_under_torchrun_is_refused(monkeypatch):
+    from helper.errors import UsageError
+    from helper.runtime import choose_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only device objects are made, no CUDA call
+    assert choose_device("cuda", local_rank=1, world_size=2) == torch.device("cuda:1")
+    assert choose_device("cuda:1", local_rank=0, world_size=1) == torch.device("cuda:1")
+    with pytest.raises(UsageError, match="CUDA_VISIBLE_DEVICES"):
+        choose_device("cuda:1", local_rank=0, world_size=2)

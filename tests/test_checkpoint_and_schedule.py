@@ -97,3 +97,20 @@ def test_model_state_strips_module_prefix_and_accepts_raw_state_dicts():
     assert list(model_state({"fc.weight": torch.ones(1)})) == ["fc.weight"]
     with pytest.raises(UsageError):
         model_state({"epoch": 3})
+
+
+def test_momentum_buffers_take_the_parameters_layout_after_loading():
+    from helper.trainer import match_parameter_layouts
+
+    saved_net = torch.nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)  # run saved with --channels_last
+    saved_opt = torch.optim.SGD(saved_net.parameters(), lr=0.1, momentum=0.9)
+    saved_net(torch.randn(2, 4, 5, 5)).sum().backward()
+    saved_opt.step()
+    net = torch.nn.Conv2d(4, 8, 3)  # resumed without it
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    optimizer.load_state_dict(saved_opt.state_dict())
+    buffer = optimizer.state[net.weight]["momentum_buffer"]
+    assert buffer.stride() != net.weight.stride()  # what fused SGD on CUDA refuses
+    match_parameter_layouts(optimizer)
+    moved = optimizer.state[net.weight]["momentum_buffer"]
+    assert moved.stride() == net.weight.stride() and torch.equal(moved, buffer)

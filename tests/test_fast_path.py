@@ -78,3 +78,33 @@ def test_device_resident_data_trains_through_the_script_and_refuses_crd(tiny_cif
     with pytest.raises(UsageError, match="--gpu_data"):
         train_cifar_student.main(["--path_t", teacher_file("resnet8"), "--model_s", "resnet8", "--distill", "crd",
                                   "--data_root", tiny_cifar, "--save_root", str(tmp_path), "--gpu_data"])
+
+
+class LargeFeatures(torch.nn.Module):
+    """A network whose last map has batch-Gram entries far above float16's 65504 (as resnet32x4's do)."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, channels, 3, padding=1)
+        self.fc = torch.nn.Linear(channels, 10)
+
+    def forward(self, x, is_feat=False, preact=False):
+        f = self.conv(x) * 30
+        pooled = f.mean((2, 3))
+        logits = self.fc(pooled)
+        return ([f, pooled], logits) if is_feat else logits
+
+
+def test_baseline_losses_are_computed_in_float32_under_fp16_autocast():
+    torch.manual_seed(0)
+    opt = argparse.Namespace(gamma=None, alpha=None, beta=None, ceta=None, kd_T=4.0)
+    method = METHODS["similarity"].build(LargeFeatures(8), LargeFeatures(16), opt, {})
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    _, expected = method(x, y)
+    with torch.autocast("cpu", dtype=torch.float16):
+        feats, _ = method.teacher(x, is_feat=True)
+        assert feats[-2].dtype == torch.float16
+        assert not torch.isfinite(feats[-2].flatten(1) @ feats[-2].flatten(1).t()).all()  # what would overflow
+        _, got = method(x, y)
+    assert got["similarity"].dtype == torch.float32
+    assert got["similarity"].item() == pytest.approx(expected["similarity"].item(), rel=2e-2)
