@@ -3,6 +3,7 @@ import json
 import os
 import secrets
 
+from dataset.fashion_mnist import DEFAULT_ROOT
 from .errors import ArgumentParser, UsageError
 
 
@@ -25,6 +26,28 @@ def positive_int(text):
 positive_int.__name__ = "integer >= 1"  # argparse names the type in its error message
 
 
+def non_negative_int(text):
+    """argparse type: an integer >= 0."""
+    value = int(text)
+    if value < 0:
+        raise ValueError
+    return value
+
+
+non_negative_int.__name__ = "integer >= 0"
+
+
+def positive_float(text):
+    """argparse type: a number > 0."""
+    value = float(text)
+    if not value > 0:
+        raise ValueError
+    return value
+
+
+positive_float.__name__ = "number > 0"
+
+
 def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay, lr_decay, lr_decay_epochs,
                 dataset, datasets, save_freq=40, num_workers=8):
     """A parser with the optimisation, data, device and bookkeeping flags every script has."""
@@ -32,7 +55,7 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=positive_int, default=epochs, help="number of training epochs")
     g.add_argument("--batch_size", type=positive_int, default=batch_size, help="batch size (per process)")
-    g.add_argument("--learning_rate", type=float, default=learning_rate,
+    g.add_argument("--learning_rate", type=positive_float, default=learning_rate,
                    help="initial learning rate (default: the official one for the model)")
     g.add_argument("--lr_decay", choices=["step", "cos"], default=lr_decay, help="learning-rate schedule")
     g.add_argument("--lr_decay_epochs", type=int_list, default=lr_decay_epochs,
@@ -42,9 +65,9 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=datasets, default=dataset, help="dataset")
-    g.add_argument("--data_root", default="./data", help="folder holding the dataset")
+    g.add_argument("--data_root", default=DEFAULT_ROOT, help="folder holding the dataset")
     g.add_argument("--download", action="store_true", help="download the dataset when it is missing (online)")
-    g.add_argument("--num_workers", type=int, default=None,
+    g.add_argument("--num_workers", type=non_negative_int, default=None,
                    help=f"data-loading workers per process (default: {num_workers}, capped by the CPUs available)")
     g = p.add_argument_group("run")
     g.add_argument("-t", "--trial", default="0", help="name of this trial (part of the run folder)")

@@ -11,7 +11,6 @@ It trains a teacher with plain cross-entropy (train_cifar_teacher.py), the stude
 table. The scripts run in this process through their main(argv); runs go to --save_root (default: a temporary
 folder, deleted at the end). Short runs on a subset are noisy: the demo shows the pipeline, not the paper's gains.
 """
-import argparse
 import os
 import shutil
 import sys
@@ -25,29 +24,40 @@ if ROOT not in sys.path:
 import train_cifar_student  # noqa: E402
 import train_cifar_teacher  # noqa: E402
 from dataset.fashion_mnist import FashionMNIST, find_idx_files, read_idx, search_dirs, write_idx  # noqa: E402
-from helper.errors import UsageError, run_cli  # noqa: E402
+from helper.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
+from helper.model_loading import build_model  # noqa: E402
+from helper.options import non_negative_int, positive_int  # noqa: E402
+from models import model_dict  # noqa: E402
 
 
 def parser():
     """The demo's flags."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data_root", default=None,
                    help="folder with the Fashion-MNIST idx files (default: Debian's /usr/share/datasets/fashion-mnist)")
     p.add_argument("--download", action="store_true", help="download Fashion-MNIST (into --data_root or ./data)")
-    p.add_argument("--subset", type=int, default=4000,
+    p.add_argument("--subset", type=non_negative_int, default=4000,
                    help="train on the first N training images and test on the first N/5 test images "
                         "(0: all 60000 / 10000); default 4000")
     p.add_argument("--teacher", default="resnet14", help="teacher architecture (default resnet14)")
     p.add_argument("--student", default="resnet8", help="student architecture (default resnet8)")
-    p.add_argument("--teacher_epochs", type=int, default=3, help="teacher epochs (default 3)")
-    p.add_argument("--student_epochs", type=int, default=2, help="epochs of each student (default 2)")
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("-s", "--co-sponge", dest="co_sponge", type=int, default=8, help="NORM's N (default 8)")
+    p.add_argument("--teacher_epochs", type=positive_int, default=3, help="teacher epochs (default 3)")
+    p.add_argument("--student_epochs", type=positive_int, default=2, help="epochs of each student (default 2)")
+    p.add_argument("--batch_size", type=positive_int, default=64)
+    p.add_argument("-s", "--co-sponge", dest="co_sponge", type=positive_int, default=8, help="NORM's N (default 8)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num_workers", type=int, default=0, help="data-loading processes (default 0: in this one)")
+    p.add_argument("--num_workers", type=non_negative_int, default=0,
+                   help="data-loading processes (default 0: in this one)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     p.add_argument("--save_root", default=None, help="keep the runs and results.jsonl here (default: temporary)")
     return p
+
+
+def check_models(opt):
+    """Refuse unknown --teacher/--student names before anything trains (naming the closest valid ones)."""
+    for flag, name in (("--teacher", opt.teacher), ("--student", opt.student)):
+        if name not in model_dict:
+            build_model(model_dict, name, 10, flag)  # raises the one-line error
 
 
 def locate_data(opt):
@@ -96,8 +106,7 @@ def table(rows):
 def main(argv=None):
     """Teacher, vanilla student and NORM student on Fashion-MNIST; returns the three summaries."""
     opt = parser().parse_args(argv)
-    if opt.subset < 0 or opt.teacher_epochs < 1 or opt.student_epochs < 1:
-        raise UsageError("--subset must be >= 0 and the epochs >= 1")
+    check_models(opt)
     start = time.time()
     train, test = locate_data(opt)
     scratch = tempfile.mkdtemp(prefix="norm-demo-")
@@ -111,21 +120,25 @@ def main(argv=None):
             print(f"data: all of Fashion-MNIST in {data_root}")
         save_root = opt.save_root or os.path.join(scratch, "save")
         print(f"runs: {save_root}{'' if opt.save_root else ' (temporary)'}")
+        # one trial per step: with --teacher equal to --student the first two runs would share a folder
         trial = time.strftime("demo_%Y%m%d_%H%M%S")
         common = ["--dataset", "fashion_mnist", "--data_root", data_root, "--save_root", save_root,
                   "--batch_size", str(opt.batch_size), "--num_workers", str(opt.num_workers), "--seed", str(opt.seed),
-                  "--lr_decay", "cos", "--device", opt.device, "--trial", trial, "--print_freq", "50"]
+                  "--lr_decay", "cos", "--device", opt.device, "--print_freq", "50"]
         teacher = step(f"1/3 teacher {opt.teacher}: cross-entropy, {opt.teacher_epochs} epochs",
                        train_cifar_teacher.main,
-                       ["--model", opt.teacher, "--epochs", str(opt.teacher_epochs), *common])
+                       ["--model", opt.teacher, "--epochs", str(opt.teacher_epochs), "--trial", f"{trial}_teacher",
+                        *common])
         vanilla = step(f"2/3 vanilla student {opt.student}: cross-entropy alone, {opt.student_epochs} epochs",
                        train_cifar_teacher.main,
-                       ["--model", opt.student, "--epochs", str(opt.student_epochs), *common])
+                       ["--model", opt.student, "--epochs", str(opt.student_epochs), "--trial", f"{trial}_vanilla",
+                        *common])
         norm = step(f"3/3 NORM student {opt.student} from the teacher, {opt.student_epochs} epochs",
                     train_cifar_student.main,
                     ["--path_t", os.path.join(teacher["run"], f"{opt.teacher}_last.pth"), "--model_t", opt.teacher,
                      "--model_s", opt.student, "--distill", "NORM", "-r", "1", "-a", "0", "-b", "1",
-                     "-s", str(opt.co_sponge), "--epochs", str(opt.student_epochs), *common])
+                     "-s", str(opt.co_sponge), "--epochs", str(opt.student_epochs), "--trial", f"{trial}_norm",
+                     *common])
         print(f"\nFashion-MNIST, {opt.subset or 60000} training / {max(1, opt.subset // 5) if opt.subset else 10000} "
               f"test images, {time.time() - start:.0f} s in all:\n")
         print(table([(opt.teacher, "teacher (CE)", opt.teacher_epochs, teacher),

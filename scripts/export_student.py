@@ -13,6 +13,7 @@ import torch  # noqa: E402
 from helper.checkpoint import load_checkpoint, save_atomic  # noqa: E402
 from helper.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
 from helper.model_loading import build_model, checkpoint_config, load_student  # noqa: E402
+from helper.options import positive_int  # noqa: E402
 from models import imagenet_model_dict, model_dict  # noqa: E402
 from models.norm import fold_transform_into_classifier  # noqa: E402
 
@@ -23,14 +24,43 @@ def parser():
     p.add_argument("--path", required=True, help="student checkpoint with a feature transform")
     p.add_argument("--out", required=True, help="where to write the folded checkpoint")
     p.add_argument("--model_s", default=None, help="architecture (default: from the checkpoint's config)")
-    p.add_argument("-s", "--co-sponge", dest="co_sponge", type=int, default=None, help="N of the transform")
+    p.add_argument("-s", "--co-sponge", dest="co_sponge", type=positive_int, default=None, help="N of the transform")
     p.add_argument("--ft", choices=["residual", "plain"], default=None, help="transform variant")
     p.add_argument("--official", action="store_true", help="the file is an official NORM release (convert keys)")
     return p
 
 
+def relative_difference(plain, model, x):
+    """max|plain(x) - model(x)| relative to the largest logit magnitude (at least 1)."""
+    with torch.no_grad():
+        reference = model(x)
+        difference = (plain(x) - reference).abs().max().item()
+    return difference / max(1.0, reference.abs().max().item())
+
+
+def exported_config(config, info, opt, variant, imagenet):
+    """The folded file's config: what evaluate_student.py needs to run it without extra flags."""
+    exported = {"model": info["model_s"], "folded_from": opt.path, "norm_variant": variant}
+    exported.update({key: config[key] for key in ("dataset", "image_size") if config.get(key) is not None})
+    if imagenet:  # official ImageNet releases carry no config, but their architecture says it
+        exported.setdefault("dataset", "imagenet")
+    return exported
+
+
+def prepare_out(path):
+    """Create the folder of --out when it is missing."""
+    if os.path.isdir(path):
+        raise UsageError(f"--out {path} is a folder; give a file name, e.g. {os.path.join(path, 'student.pth')}")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create the folder {folder} for --out ({err.strerror or err}); "
+                         "choose a writable --out") from None
+
+
 def export(opt):
-    """Fold, verify on a random batch, write; returns the largest logit difference."""
+    """Fold, verify on a random batch, write; returns the largest relative logit difference and the variant flag."""
     checkpoint = load_checkpoint(opt.path)
     config = checkpoint_config(checkpoint)
     model_s = opt.model_s or config.get("model_s") or config.get("model")
@@ -51,11 +81,10 @@ def export(opt):
     plain.eval()
     size = 224 if zoo is imagenet_model_dict else 32
     x = torch.randn(4, 3, size, size)
-    with torch.no_grad():
-        error = (plain(x) - model(x)).abs().max().item()
+    error = relative_difference(plain, model, x)
+    prepare_out(opt.out)
     save_atomic({"model": folded, "epoch": None, "accuracy": info["saved_accuracy"],
-                 "config": {"model": info["model_s"], "folded_from": opt.path, "norm_variant": variant}},
-                opt.out)
+                 "config": exported_config(config, info, opt, variant, zoo is imagenet_model_dict)}, opt.out)
     return error, variant
 
 
@@ -63,7 +92,8 @@ def main(argv=None):
     """Entry point."""
     opt = parser().parse_args(argv)
     error, variant = export(opt)
-    print(f"wrote {opt.out}; largest logit difference to the unfolded student: {error:.2e}")
+    print(f"wrote {opt.out}; largest logit difference to the unfolded student, relative to its largest logit: "
+          f"{error:.2e}")
     if variant:
         print("note: load it into MobileNetV2(num_classes=..., norm_student=True), NORM's student variant "
               "without ReLU after conv1 and conv2")
