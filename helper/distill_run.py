@@ -7,7 +7,7 @@ from .data import load_datasets
 from .engine import validate
 from .errors import UsageError
 from .model_loading import build_model, load_model_state, matching_architectures
-from .options import base_parser, resolve_seed
+from .options import base_parser, positive_int, resolve_seed
 from .runtime import cleanup, seed_everything, setup_runtime, shared_seed
 from .trainer import Trainer, prepare_run_dir
 
@@ -25,14 +25,14 @@ def student_parser(profile):
     g.add_argument("--model_t", default=None, help="teacher architecture (default: read from the checkpoint)")
     g.add_argument("--model_s", default=profile["model_s"], help="student architecture")
     g.add_argument("--distill", default="NORM", help=f"method: {', '.join(sorted(METHODS))}")
-    g.add_argument("-r", "--gamma", type=float, default=None, help="weight of the cross-entropy")
-    g.add_argument("-a", "--alpha", type=float, default=None, help="weight of KD [paper: beta]")
-    g.add_argument("-b", "--beta", type=float, default=None, help="weight of the method's loss [paper: alpha]")
+    g.add_argument("-r", "--gamma", type=float, default=None, help="weight of the cross-entropy (default: the method's, 1 for all)")
+    g.add_argument("-a", "--alpha", type=float, default=None, help="weight of KD [paper: beta] (default: the method's, NORM 0; see README)")
+    g.add_argument("-b", "--beta", type=float, default=None, help="weight of the method's loss [paper: alpha] (default: the method's, NORM 1)")
     g.add_argument("-c", "--ceta", type=float, default=None,
                    help="logit layer-norm scale for CE/KD (NORM default 2.5, others 0 = raw logits)")
     g.add_argument("--kd_T", type=float, default=4.0, help="KD temperature")
     if profile["image_size"]:
-        g.add_argument("--image_size", type=int, default=profile["image_size"], help="training crop size")
+        g.add_argument("--image_size", type=positive_int, default=profile["image_size"], help="training crop size")
     for cls in METHODS.values():
         cls.add_arguments(g)
     return p
@@ -61,8 +61,7 @@ def student_main(argv, profile):
         opt.path_t = profile["default_path_t"](opt)
     if not opt.path_t or not os.path.isfile(opt.path_t):
         given = f"teacher checkpoint {opt.path_t} not found" if opt.path_t else "no teacher checkpoint given"
-        raise UsageError(f"{given}; pass --path_t (e.g. fetch teachers with "
-                         f"{profile['fetch_hint']}, or train one with {profile['teacher_hint']})")
+        raise UsageError(f"{given}; pass --path_t ({profile['teacher_hint']})")
     if opt.learning_rate is None:
         opt.learning_rate = 0.01 if opt.model_s in SMALL_LR_STUDENTS else profile["learning_rate"]
     num_classes = profile["num_classes"](opt)
@@ -72,6 +71,8 @@ def student_main(argv, profile):
     if opt.model_s not in profile["zoo"]:
         build_model(profile["zoo"], opt.model_s, num_classes, "--model_s")
     weights = cls.weights(opt)
+    # the resolved values go into the run's config, so a resume that types a default out is the same run
+    opt.gamma, opt.alpha, opt.beta, opt.ceta = (weights[k] for k in ("gamma", "alpha", "beta", "logit_scale"))
     run_dir = os.path.join(opt.save_root, "student_model", run_name(opt, weights, opt.dataset))
     prepare_run_dir(run_dir, opt.model_s, opt.resume)
     resolve_seed(opt, run_dir)

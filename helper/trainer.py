@@ -21,9 +21,10 @@ from .signals import StopRequest
 INIT_STAGE_EPOCH_OFFSET = 1_000_000
 
 # Options that may change between an interrupted run and its resumption without changing what is learned.
+# The teacher file may move (its architecture, `model_t`, is still compared).
 OPERATIONAL_OPTIONS = {"resume", "num_workers", "print_freq", "device", "data_root", "download", "progress",
                        "save_root", "deterministic", "save_freq", "compile", "fused_sgd", "channels_last",
-                       "official_num_workers"}
+                       "official_num_workers", "path_t"}
 
 
 def plain_config(opt):
@@ -49,19 +50,30 @@ def git_commit():
 
 
 def prepare_run_dir(run_dir, name, resume):
-    """Create the run folder; refuse to overwrite an existing run unless resuming. Returns the last-file path."""
+    """Check, before anything is loaded, that the run folder can take this run; returns the last-file path.
+
+    Nothing is created here (the Trainer makes the folder), so a command refused later leaves no empty folder.
+    """
     last = os.path.join(run_dir, f"{name}_last.pth")
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"cannot create the run folder {run_dir} ({err.strerror}); choose a writable --save_root")
-    if not os.access(run_dir, os.W_OK):
-        raise UsageError(f"the run folder {run_dir} is not writable; choose a writable --save_root")
     if resume and not os.path.isfile(last):
         raise UsageError(f"--resume: {last} does not exist; start the run without --resume")
     if not resume and os.path.isfile(last):
         raise UsageError(f"{run_dir} already holds a run; add --resume to continue it, or pick another --trial")
+    existing = os.path.abspath(run_dir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+        raise UsageError(f"cannot create the run folder {run_dir} ({existing} is not a writable folder); choose a "
+                         "writable --save_root")
     return last
+
+
+def make_run_dir(run_dir):
+    """Create the run folder (checked by prepare_run_dir), with a one-line error if that still fails."""
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create the run folder {run_dir} ({err.strerror}); choose a writable --save_root")
 
 
 class Trainer:
@@ -70,6 +82,8 @@ class Trainer:
     def __init__(self, method, student, opt, runtime, *, run_dir, name, train_set, val_set, record=None):
         self.method, self.student, self.opt, self.runtime = method, student, opt, runtime
         self.run_dir, self.name, self.train_set, self.val_set = run_dir, name, train_set, val_set
+        if runtime.is_main:
+            make_run_dir(run_dir)
         self.record = record or {}
         # the process count is part of the run: it fixes the data shards and the global batch
         self.config = {**plain_config(opt), "world_size": runtime.world_size}
@@ -77,6 +91,8 @@ class Trainer:
         self.best_acc, self.start_epoch, self.start_step = 0.0, 1, 0
         self.init_done = not (getattr(method, "has_init_stage", False) and getattr(opt, "init_epochs", 0) > 0)
         self.history = []
+        # read and checked before anything costly runs (the caller may validate the teacher next)
+        self.resume_checkpoint = self.check_resumable() if opt.resume else None
 
         runtime.to_device(method)
         if getattr(opt, "compile", False):
@@ -117,13 +133,19 @@ class Trainer:
         if self.runtime.is_main:
             save_atomic(payload, path)
 
-    def resume(self):
-        """Load the run's last checkpoint; refuse when the configuration changed."""
+    def check_resumable(self):
+        """The run's last checkpoint, refused when this command line changes what the run learns."""
         ckpt = load_checkpoint(self.last_path)
         diffs = config_differences(ckpt.get("config", {}), self.config)
         if diffs:
             shown = ", ".join(f"{k} (saved {ckpt['config'].get(k)!r}, now {self.config.get(k)!r})" for k in diffs)
-            raise UsageError(f"--resume with a changed configuration: {shown}; rerun with the saved options")
+            raise UsageError(f"--resume with a changed configuration: {shown}; rerun with the saved options, "
+                             "or start a new run with another --trial")
+        return ckpt
+
+    def resume(self):
+        """Load the run's last checkpoint (read and checked when the trainer was built)."""
+        ckpt, self.resume_checkpoint = self.resume_checkpoint, None
         self.student.load_state_dict(ckpt["model"])
         self.method.load_method_state_dict(ckpt["method"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -153,6 +175,10 @@ class Trainer:
         opt, runtime = self.opt, self.runtime
         if opt.resume:
             self.resume()
+            if self.init_done and self.start_epoch > opt.epochs:
+                self.log(f"{self.run_dir} already finished its {opt.epochs} epochs (best acc@1 {self.best_acc:.2f}); "
+                         "nothing to resume")
+                return self.summary(0.0)
             self.log(f"resuming {self.run_dir} at epoch {self.start_epoch}, step {self.start_step}")
         elif runtime.is_main:
             with open(os.path.join(self.run_dir, "config.json"), "w") as handle:
@@ -269,18 +295,23 @@ class Trainer:
 
     def finish(self, seconds):
         """Summary line, and one JSON line appended to <save_root>/results.jsonl."""
+        summary = self.summary(seconds)
+        self.log(f"summary: {self.name} best acc@1 {self.best_acc:.2f} last acc@1 {summary['last_acc']:.2f} "
+                 f"({self.run_dir})")
+        if self.runtime.is_main:
+            os.makedirs(self.opt.save_root, exist_ok=True)
+            with open(os.path.join(self.opt.save_root, "results.jsonl"), "a") as handle:
+                handle.write(json.dumps(summary) + "\n")
+        return summary
+
+    def summary(self, seconds):
+        """The run's results as plain data (best and last accuracy, record, config)."""
         last = self.history[-1] if self.history else {"test_acc": 0.0, "test_acc_top5": 0.0}
         best5 = max((h["test_acc_top5"] for h in self.history if h["test_acc"] == self.best_acc), default=0.0)
         summary = {"run": self.run_dir, **self.record, "best_acc": self.best_acc, "best_acc_top5": best5,
                    "last_acc": last["test_acc"], "last_acc_top5": last["test_acc_top5"],
                    "epochs": self.opt.epochs, "wall_time_s": round(seconds, 1), "commit": git_commit(),
                    "config": self.config}
-        self.log(f"summary: {self.name} best acc@1 {self.best_acc:.2f} last acc@1 {last['test_acc']:.2f} "
-                 f"({self.run_dir})")
-        if self.runtime.is_main:
-            os.makedirs(self.opt.save_root, exist_ok=True)
-            with open(os.path.join(self.opt.save_root, "results.jsonl"), "a") as handle:
-                handle.write(json.dumps(summary) + "\n")
         return summary
 
 

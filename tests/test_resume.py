@@ -88,6 +88,30 @@ def test_resume_refuses_a_changed_configuration(tiny_cifar, teacher_file, tmp_pa
     assert (run / "resnet8_last.pth").read_bytes() == before
 
 
+def test_resume_accepts_spelled_out_defaults_and_a_moved_teacher_and_stops_when_finished(
+        tiny_cifar, teacher_file, tmp_path, monkeypatch, capsys):
+    teacher = teacher_file("resnet8")
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 1)
+        with pytest.raises(SystemExit):
+            train_cifar_student.main(argv(tiny_cifar, teacher, tmp_path))
+    capsys.readouterr()
+    with pytest.raises(UsageError, match="learning_rate") as refused:  # refused before the teacher is evaluated
+        train_cifar_student.main(argv(tiny_cifar, teacher, tmp_path, "--resume", "--learning_rate", "0.1"))
+    assert "teacher resnet8 accuracy" not in capsys.readouterr().out and "--trial" in str(refused.value)
+    moved = tmp_path / "elsewhere.pth"
+    moved.write_bytes(open(teacher, "rb").read())
+    spelled_out = ["--resume", "-r", "1", "-a", "0", "-b", "1", "-c", "2.5"]  # NORM_CRD's defaults, typed out
+    args = ["--path_t", str(moved), *argv(tiny_cifar, teacher, tmp_path, *spelled_out)[2:]]
+    summary = train_cifar_student.main(args)
+    assert summary["epochs"] == 2 and len(summary["config"]) > 0
+    results = tmp_path / "results.jsonl"
+    lines = results.read_text().splitlines()
+    again = train_cifar_student.main(args)  # a finished run: nothing to do, nothing appended
+    assert "already finished its 2 epochs" in capsys.readouterr().out
+    assert again["best_acc"] == summary["best_acc"] and results.read_text().splitlines() == lines
+
+
 def test_sigterm_writes_a_resumable_checkpoint(tiny_cifar, teacher_file, tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     cmd = [sys.executable, os.path.join(root, "train_cifar_student.py"),
