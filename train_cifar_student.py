@@ -16,8 +16,8 @@ CIFAR_PROFILE = {
     "probe_size": 32, "schedule_kind": "cifar",
     "num_classes": lambda opt: num_classes(opt.dataset, opt.data_root),
     "default_path_t": lambda opt: None,
-    "fetch_hint": "bash scripts/fetch_pretrained_teachers.sh",
-    "teacher_hint": "python train_cifar_teacher.py --model <name>",
+    "teacher_hint": "fetch RepDistiller's teachers with bash scripts/fetch_pretrained_teachers.sh, or train one "
+                    "with python train_cifar_teacher.py --model <name>",
 }
 
 

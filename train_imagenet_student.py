@@ -11,7 +11,7 @@ from helper.distill_run import student_main
 from helper.errors import run_cli
 from models import imagenet_model_dict
 
-# torchvision's V1 weights, the ones the paper's teacher accuracies correspond to (reference §5.5)
+# torchvision's V1 weights, the ones the paper's teacher accuracies correspond to
 TORCHVISION_TEACHER_FILES = {"resnet18": "resnet18-5c106cde.pth", "resnet34": "resnet34-333f7ec4.pth",
                              "resnet50": "resnet50-19c8e357.pth"}
 
@@ -32,8 +32,8 @@ IMAGENET_PROFILE = {
     "probe_size": 224, "schedule_kind": "imagenet",
     "num_classes": lambda opt: num_classes(opt.dataset, opt.data_root),
     "default_path_t": default_teacher_path,
-    "fetch_hint": "bash scripts/fetch_pretrained_imagenet_teacher.sh",
-    "teacher_hint": "torchvision's pretrained weights",
+    "teacher_hint": "fetch torchvision's weights with bash scripts/fetch_pretrained_imagenet_teacher.sh; without "
+                    "--path_t the file is looked for in <--save_root>/models/<model_t>_imagenet_vanilla/",
 }
 
 

@@ -8,6 +8,7 @@ from torchvision import datasets, transforms
 from .common import InMemoryImages, not_found
 
 SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist package
+DEFAULT_ROOT = "./data"  # the scripts' --data_root default: only then is SYSTEM_DIR searched as well
 
 # Mean and (population) std of all pixels of the 60000 training images after zero-padding 28->32, scaled to [0, 1]
 # (np.pad(x, ((0, 0), (2, 2), (2, 2))) / 255 over the whole array: 0.218999..., 0.331811...).
@@ -23,7 +24,10 @@ def search_dirs(root):
     """The folders searched for the idx files, in order."""
     if root is None:
         return [SYSTEM_DIR]
-    return [os.path.join(root, "fashion-mnist"), os.path.join(root, "FashionMNIST", "raw"), root, SYSTEM_DIR]
+    folders = [os.path.join(root, "fashion-mnist"), os.path.join(root, "FashionMNIST", "raw"), root]
+    if os.path.normpath(root) == os.path.normpath(DEFAULT_ROOT):  # a --data_root the user gave is not overruled
+        folders.append(SYSTEM_DIR)
+    return folders
 
 
 def _find_file(folder, name):

@@ -15,8 +15,9 @@ class CheckpointWriteError(UsageError):
 def save_atomic(obj, path):
     """Write `obj` with torch.save to a temporary file beside `path`, fsync it, then rename over `path`."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=directory)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=directory)
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; checkpoints get the usual permissions
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
@@ -24,7 +25,7 @@ def save_atomic(obj, path):
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException as err:  # disk full surfaces as OSError or as torch's RuntimeError; Ctrl-C too
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(err, (OSError, RuntimeError)):
             reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
@@ -59,9 +60,19 @@ def load_checkpoint(path):
                 return torch.load(path, map_location="cpu", weights_only=True)
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UsageError(f"cannot read checkpoint {path} safely ({first}); it is corrupt, truncated or holds "
-                         "objects other than tensors and plain data; re-download it or use another file") from err
+        raise UsageError(f"cannot read checkpoint {path} safely ({_load_failure(err)}); re-download it or use "
+                         "another file") from err
+
+
+def _load_failure(err):
+    """torch.load's failure in a few words (its own messages run over several sentences and lines)."""
+    text = str(err)
+    if "Weights only load failed" in text:  # torch suggests weights_only=False, which we never do
+        return "it holds objects other than tensors and plain data, which are not loaded from untrusted files"
+    if "zip archive" in text or "central directory" in text:
+        return "it is truncated or corrupt"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return f"{first.split('. ')[0]}: not a checkpoint, or a corrupt one"
 
 
 def model_state(checkpoint, path="the checkpoint"):

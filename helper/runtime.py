@@ -56,6 +56,10 @@ def choose_device(requested="auto", local_rank=0, world_size=1):
     """CUDA when present (or asked for), else CPU; a clear error when the asked-for device is missing."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        torch.device(requested)
+    except RuntimeError:
+        raise UsageError(f"unknown --device {requested!r}; use auto, cpu, cuda or cuda:K") from None
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu")

@@ -77,7 +77,7 @@ def test_arbitrary_pickles_are_refused_not_executed(tmp_path):
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
-        with pytest.raises(UsageError, match="cannot read checkpoint"):
+        with pytest.raises(UsageError, match="cannot read checkpoint .* objects other than tensors"):
             load_checkpoint(path)
     finally:
         os.chdir(cwd)
@@ -88,7 +88,7 @@ def test_truncated_file_gives_a_clear_error(tmp_path):
     path = tmp_path / "cut.pth"
     save_atomic({"model": {"w": torch.ones(1000)}}, str(path))
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(UsageError, match="corrupt, truncated"):
+    with pytest.raises(UsageError, match="truncated or corrupt"):
         load_checkpoint(str(path))
 
 

@@ -226,7 +226,9 @@ def test_fashion_mnist_from_the_debian_folder():
     if not os.path.isdir(fmnist_module.SYSTEM_DIR):
         pytest.skip(f"{fmnist_module.SYSTEM_DIR} missing (apt-get install dataset-fashion-mnist)")
     train = build_dataset("fashion_mnist", None, "train", seed=0)
-    test = build_dataset("fashion_mnist", "/nonexistent", "test")
+    test = build_dataset("fashion_mnist", fmnist_module.DEFAULT_ROOT, "test")  # the scripts' default root
+    with pytest.raises(DatasetNotFound):  # a root the user named is not replaced by the system copy
+        build_dataset("fashion_mnist", "/nonexistent", "test")
     assert (len(train), len(test)) == (60000, 10000) and num_classes("fashion_mnist") == 10
     assert sorted(set(train.targets)) == list(range(10))
     img, target, index = train[123]
@@ -314,9 +316,14 @@ def test_missing_fashion_mnist_names_every_folder(tmp_path, monkeypatch):
     with pytest.raises(DatasetNotFound) as excinfo:
         build_dataset("fashion_mnist", str(tmp_path), "train")
     message = _one_line_error(excinfo)
-    for folder in ("fashion-mnist", "FashionMNIST/raw", "system"):
+    for folder in ("fashion-mnist", "FashionMNIST/raw"):
         assert str(tmp_path / folder) in message
+    assert str(tmp_path / "system") not in message
     assert "apt-get install dataset-fashion-mnist" in message and "--download" in message
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DatasetNotFound) as excinfo:
+        build_dataset("fashion_mnist", fmnist_module.DEFAULT_ROOT, "train")
+    assert str(tmp_path / "system") in _one_line_error(excinfo)
 
 
 def test_missing_imagefolder_raises_dataset_not_found(tmp_path):
