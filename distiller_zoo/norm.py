@@ -80,7 +80,7 @@ class NORM(Distiller):
     @classmethod
     def add_arguments(cls, parser):
         add_argument_once(parser, "-s", "--co-sponge", dest="co_sponge", type=expansion_factor, default=8,
-                          help="N, the expansion factor of the feature transform (paper: N)")
+                          help="N, the expansion factor of the feature transform (paper: N; default 8)")
         add_argument_once(parser, "--ft", choices=["residual", "plain", "none"], default="residual",
                           help="student feature transform: residual (default FT), plain (no identity), none")
         add_argument_once(parser, "--norm_schedule", choices=["official", "constant"], default="official",

@@ -1,4 +1,4 @@
-"""Key conversion of the officially released NORM student checkpoints to this project's layout (reference §6.3)."""
+"""Key conversion of the officially released NORM student checkpoints to this project's layout."""
 import re
 
 from .errors import UsageError

@@ -75,7 +75,7 @@ def load_student(zoo, checkpoint, path, *, model_s=None, num_classes=None, n=Non
     ft = ft or config.get("ft") or "residual"
     state = model_state(checkpoint, path)
     if official:
-        # official students skip their FT at N == 1, except the ImageNet MobileNet (reference §1.3-1.4)
+        # official students skip their FT at N == 1, except the ImageNet MobileNet
         state = convert_official_student(state, ft_bypassed=(n == 1 and model_s != "MobileNet"))
     if num_classes is None:  # read it off the stored classifier
         with torch.device("meta"):

@@ -43,7 +43,7 @@ class NormTransform(nn.Module):
 
     @torch.no_grad()
     def as_affine(self):
-        """Eval-mode FT as y = A x + c per pixel: returns (A [C_s, C_s], c [C_s]) (reference §1.6)."""
+        """Eval-mode FT as y = A x + c per pixel: returns (A [C_s, C_s], c [C_s])."""
         a1, b1 = _bn_affine(self.expand[1])
         a2, b2 = _bn_affine(self.contract[1])
         w1 = self.expand[0].weight.flatten(1)

@@ -12,7 +12,6 @@
 #
 # Files come from https://download.pytorch.org/models/ through a resumable .part download; each is checked against
 # the SHA-256 prefix in its name (as torchvision does) and a file already present with the right hash is kept.
-# Reference: norm-reference.md §5.5 and §9.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi

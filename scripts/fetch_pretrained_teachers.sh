@@ -16,7 +16,6 @@
 # what that does not give comes from mdistiller's archive of the same files (GitHub release "checkpoints" of
 # megvii-research/mdistiller). Each file must load strictly into models.model_dict[name](num_classes=100).
 # When neither source is reachable it says so on stderr, points to scripts/train_cifar_teacher.sh, and exits 1.
-# Reference: norm-reference.md §9.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi

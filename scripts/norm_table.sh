@@ -7,7 +7,7 @@ read -r -a trials <<<"${TRIALS:-1 2 3}"
 read -r -a methods <<<"${METHODS:-NORM NORM+KD NORM+CRD}"
 read -r -a only <<<"${ONLY:-}"
 TEACHER_DIR="${TEACHER_DIR:-save/models}"
-KD_WEIGHT="${KD_WEIGHT:-1}"  # -a of NORM+KD: the official value is not given (reference §4.4)
+KD_WEIGHT="${KD_WEIGHT:-1}"  # -a of NORM+KD: the official code does not give it
 
 method_flags() {  # METHOD -> the flags that select it, in the global array `flags`
     case "$1" in

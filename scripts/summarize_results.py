@@ -6,8 +6,8 @@ Runs are grouped by dataset, teacher, student, method, the settings that change 
 NORM, N and a non-default transform) and the number of epochs. The method label is NORM, NORM+KD (NORM with a KD
 weight -a > 0), NORM+CRD (--distill NORM_CRD), vanilla (a model trained alone by train_cifar_teacher.py) or the
 --distill name. The ± is the sample standard deviation over the trials (n - 1 in the denominator); with one trial
-there is none. The paper column holds the official README's numbers (its Tables 1-3: top-1 means over trials,
-reference §1.5), "—" where the paper has none.
+there is none. The paper column holds the official README's numbers (its Tables 1-3: top-1 means over trials),
+"—" where the paper has none.
 """
 import argparse
 import json

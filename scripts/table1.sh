@@ -16,7 +16,7 @@
 #      KEEP_GOING   1: go on after a failed run and list the failures at the end (exit 1); default: stop at it
 #      PYTHON       the interpreter (default python3)
 #
-# Hyperparameters (reference §4.4; the official repository gives them for two CIFAR pairs only):
+# Hyperparameters (the official repository gives them for two CIFAR pairs only):
 #   every run: -b 1 (NORM loss weight, paper alpha), -s 8 (N), official defaults otherwise (240 epochs, batch 64,
 #              lr 0.05 (0.01 for MobileNetV2/ShuffleNets), step decay at 150/180/210, logit scale 2.5)
 #   NORM:      -a 0, -r per pair (the CE weight) as in PAIRS below

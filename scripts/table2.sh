@@ -11,7 +11,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
 
-# teacher    student     -r    (no Table 2 pair has an official -r: 1, the CE weight's default; reference §4.4)
+# teacher    student     -r    (no Table 2 pair has an official -r: 1, the CE weight's default)
 PAIRS=(
     "vgg13      MobileNetV2 1"
     "ResNet50   MobileNetV2 1"

@@ -15,7 +15,7 @@
 #                   1: the same whatever the epochs/dataset; 0: never
 #      PYTHON       the interpreter (default python3)
 # Runs are written to <save_root>/models/<name>_cifar100_lr_0.05_decay_0.0005_trial_<TRIAL>/ and summarised in
-# <save_root>/results.jsonl (the run folder found there is the one installed). Reference: norm-reference.md §4.2.
+# <save_root>/results.jsonl (the run folder found there is the one installed).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi

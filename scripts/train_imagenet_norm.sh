@@ -16,7 +16,7 @@
 #      TRIALS       trial names (default 1)
 #      TEACHER_DIR  folder of <name>_imagenet_vanilla/<torchvision file> (default save/models)
 #      TORCHRUN     the launcher (default torchrun)
-# Reference: norm-reference.md §4.3, §4.4 and §8 item 12 (the official script calls missing files).
+# (The official ImageNet script calls files that do not exist; this one runs what it meant.)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
@@ -43,7 +43,7 @@ else
     launcher+=(--standalone)
 fi
 
-# teacher  student     -r     torchvision weights      source of -r (reference §4.4)
+# teacher  student     -r     torchvision weights      source of -r
 PAIRS=(
     "resnet34 resnet18S   1     resnet34-333f7ec4.pth"   # the official scripts/train_imagenet_norm.sh
     "resnet50 MobileNet   0.125 resnet50-19c8e357.pth"   # the same script (its command calls a missing file)

@@ -18,7 +18,7 @@ WRN_K2_FEATS = [(16, 32, 32), (32, 32, 32), (64, 16, 16), (128, 8, 8), (128,)]
 VGG_FEATS = [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (512, 4, 4), (512,)]
 
 # name -> (builder, parameters at 100 classes, is_feat shapes, len(get_bn_before_relu()), len(get_feat_modules()))
-# Figures from RepDistiller's own models (norm-reference.md §10), not from these implementations.
+# Figures from RepDistiller's own models (parameter counts of its definitions), not from these implementations.
 FIGURES = {
     "resnet8": (resnet8, 83_892, RESNET_FEATS, 3, 6),
     "resnet14": (resnet14, 181_108, RESNET_FEATS, 3, 6),

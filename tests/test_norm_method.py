@@ -23,7 +23,7 @@ def options(**kw):
     return argparse.Namespace(**base)
 
 
-# (teacher, student, C_s, C_t, student HxW, teacher HxW) from the paper's Tables 1-2 (reference §1.5)
+# (teacher, student, C_s, C_t, student HxW, teacher HxW) from the paper's Tables 1-2
 PAIRS = [
     ("wrn_40_2", "wrn_16_2", 128, 128, 8, 8), ("wrn_40_2", "wrn_40_1", 64, 128, 8, 8),
     ("resnet56", "resnet20", 64, 64, 8, 8), ("resnet110", "resnet20", 64, 64, 8, 8),
@@ -98,7 +98,7 @@ def test_training_steps_leave_the_teacher_untouched():
 
 
 def official_layout(state, model_s):
-    """Rename our FT keys to the official student files' (reference §5.4) and add their unused extras."""
+    """Rename our FT keys to the official student files' and add their unused extras."""
     ft = "layer4" if model_s == "MobileNetV2" else "layer3"
     out = {}
     for key, value in state.items():

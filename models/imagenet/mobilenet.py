@@ -1,4 +1,4 @@
-"""MobileNet-v1, the ImageNet student of NORM (the official `models/imagenet` MobileNet, reference §1.4).
+"""MobileNet-v1, the ImageNet student of NORM (the official `models/imagenet` MobileNet).
 
 Layout and key names follow the official file, so its checkpoints load after the converter's FT rename:
 

@@ -14,7 +14,7 @@ torchvision checkpoints load strictly. What this file adds:
 Teachers and students share the class: resnet18S/34S are ResNet-18/34 (the official students differ only by the
 FT and by parameters they never use: `layer21/22`, `alpha`, `dropout`, left out here). resnet50_4S is
 Bottleneck [3,4,6,3] with every stage's planes divided by 4 (16/32/64/128, outputs 64/128/256/512) on the
-usual 64-channel stem (reference §1.4).
+usual 64-channel stem, as the official resnet50_4S.
 """
 from torchvision.models import resnet as tv
 
