@@ -253,7 +253,7 @@ class Trainer:
         images = (len(self.train_loader.sampler)) * self.runtime.world_size
         row = {"epoch": epoch, "lr": lr, **train, "test_acc": val["acc1"], "test_acc_top5": val["acc5"],
                "test_loss": val["loss"], "images_per_s": images / max(seconds, 1e-9)}
-        self.history.append({k: row[k] for k in ("epoch", "test_acc", "test_acc_top5")})
+        self.history.append({k: row[k] for k in ("epoch", "test_acc", "test_acc_top5")} | {"train_s": seconds})
         self.log(f"epoch {epoch}/{opt.epochs} lr {lr:.5g} train loss {train.get('loss/total', 0):.4f} "
                  f"acc {train.get('train_acc1', 0):.2f} | test acc@1 {val['acc1']:.2f} acc@5 {val['acc5']:.2f} "
                  f"loss {val['loss']:.4f} | best {self.best_acc:.2f} | {row['images_per_s']:.0f} img/s")

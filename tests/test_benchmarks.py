@@ -1,0 +1,42 @@
+"""The benchmark scripts run end to end (tiny sizes, CPU); their numbers are not checked, their reports are."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+from tests.datafakes import write_tiny_fashion_mnist
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_train_prints_a_row_per_configuration():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_train.py"), "--device", "cpu",
+                          "--pair", "resnet8:resnet8", "--steps", "1", "--warmup", "0", "--batch_size", "8",
+                          "--n_data", "64", "--configs", "reference,device_data"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ")}
+    for config in ("reference", "device_data"):
+        img_per_s = float(rows[config].split("|")[9])
+        assert img_per_s > 0
+
+
+def test_epoch_check_reports_epoch_times_and_accuracies(tmp_path):
+    write_tiny_fashion_mnist(str(tmp_path / "fm" / "fashion-mnist"), n_train=64, n_test=16)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "epoch_check.py"), "--out", str(out),
+                           "--device", "cpu", "--pair", "resnet8:resnet8", "--n_train", "128", "--n_test", "32",
+                           "--epochs", "2", "--fashion_root", str(tmp_path / "fm"), "--fashion_pair",
+                           "resnet8:resnet8", "--fashion_epochs", "1", "--fast_flags", "--gpu_data --channels_last"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    report = json.loads((out / "epoch_check.json").read_text())
+    reference, fast = report["epochs"]
+    assert len(reference["epoch_s"]) == len(fast["epoch_s"]) == 2 and all(s > 0 for s in fast["epoch_s"])
+    assert fast["speedup"] == reference["epoch_s"][-1] / fast["epoch_s"][-1]
+    assert [row["config"] for row in report["accuracy"]] == ["teacher", "reference", "fast"]
+    assert all(0 <= row["best"] <= 100 for row in report["accuracy"])
+    markdown = (out / "epoch_check.md").read_text()
+    assert re.search(r"^\| fast \| `--gpu_data --channels_last` \| [\d.]+ \| [\d.]+ \| \d+ \| [\d.]+x \|$", markdown,
+                     re.M)
