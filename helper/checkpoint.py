@@ -66,6 +66,8 @@ def load_checkpoint(path):
 
 def _load_failure(err):
     """torch.load's failure in a few words (its own messages run over several sentences and lines)."""
+    if isinstance(err, OSError) and err.strerror:  # unreadable, not corrupt
+        return err.strerror
     text = str(err)
     if "Weights only load failed" in text:  # torch suggests weights_only=False, which we never do
         return "it holds objects other than tensors and plain data, which are not loaded from untrusted files"

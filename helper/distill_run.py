@@ -25,9 +25,12 @@ def student_parser(profile):
     g.add_argument("--model_t", default=None, help="teacher architecture (default: read from the checkpoint)")
     g.add_argument("--model_s", default=profile["model_s"], help="student architecture")
     g.add_argument("--distill", default="NORM", help=f"method: {', '.join(sorted(METHODS))}")
-    g.add_argument("-r", "--gamma", type=float, default=None, help="weight of the cross-entropy (default: the method's, 1 for all)")
-    g.add_argument("-a", "--alpha", type=float, default=None, help="weight of KD [paper: beta] (default: the method's, NORM 0; see README)")
-    g.add_argument("-b", "--beta", type=float, default=None, help="weight of the method's loss [paper: alpha] (default: the method's, NORM 1)")
+    g.add_argument("-r", "--gamma", type=float, default=None,
+                   help="weight of the cross-entropy (default: the method's, 1 for all)")
+    g.add_argument("-a", "--alpha", type=float, default=None,
+                   help="weight of KD [paper: beta] (default: the method's, NORM 0; see README)")
+    g.add_argument("-b", "--beta", type=float, default=None,
+                   help="weight of the method's loss [paper: alpha] (default: the method's, NORM 1)")
     g.add_argument("-c", "--ceta", type=float, default=None,
                    help="logit layer-norm scale for CE/KD (NORM default 2.5, others 0 = raw logits)")
     g.add_argument("--kd_T", type=float, default=4.0, help="KD temperature")

@@ -57,9 +57,11 @@ def choose_device(requested="auto", local_rank=0, world_size=1):
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        torch.device(requested)
+        kind = torch.device(requested).type
     except RuntimeError:
-        raise UsageError(f"unknown --device {requested!r}; use auto, cpu, cuda or cuda:K") from None
+        kind = None
+    if kind not in ("cpu", "cuda") or requested.startswith("cpu:"):
+        raise UsageError(f"unknown --device {requested!r}; use auto, cpu, cuda or cuda:K")
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
             raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu")

@@ -1,4 +1,5 @@
 """The run driver shared by the three training scripts: run folder, resume, epochs, checkpoints, logs, results."""
+import argparse
 import inspect
 import json
 import os
@@ -25,6 +26,10 @@ INIT_STAGE_EPOCH_OFFSET = 1_000_000
 OPERATIONAL_OPTIONS = {"resume", "num_workers", "print_freq", "device", "data_root", "download", "progress",
                        "save_root", "deterministic", "save_freq", "compile", "fused_sgd", "channels_last",
                        "official_num_workers", "path_t"}
+
+
+# The loss-weight flags and the names Distiller.weights gives them.
+WEIGHT_OPTIONS = {"gamma": "gamma", "alpha": "alpha", "beta": "beta", "ceta": "logit_scale"}
 
 
 def plain_config(opt):
@@ -82,8 +87,6 @@ class Trainer:
     def __init__(self, method, student, opt, runtime, *, run_dir, name, train_set, val_set, record=None):
         self.method, self.student, self.opt, self.runtime = method, student, opt, runtime
         self.run_dir, self.name, self.train_set, self.val_set = run_dir, name, train_set, val_set
-        if runtime.is_main:
-            make_run_dir(run_dir)
         self.record = record or {}
         # the process count is part of the run: it fixes the data shards and the global batch
         self.config = {**plain_config(opt), "world_size": runtime.world_size}
@@ -136,12 +139,25 @@ class Trainer:
     def check_resumable(self):
         """The run's last checkpoint, refused when this command line changes what the run learns."""
         ckpt = load_checkpoint(self.last_path)
-        diffs = config_differences(ckpt.get("config", {}), self.config)
+        saved = self.resolved_weights(ckpt.get("config", {}))
+        diffs = config_differences(saved, self.config)
         if diffs:
-            shown = ", ".join(f"{k} (saved {ckpt['config'].get(k)!r}, now {self.config.get(k)!r})" for k in diffs)
+            shown = ", ".join(f"{k} (saved {saved.get(k)!r}, now {self.config.get(k)!r})" for k in diffs)
             raise UsageError(f"--resume with a changed configuration: {shown}; rerun with the saved options, "
                              "or start a new run with another --trial")
         return ckpt
+
+    def resolved_weights(self, saved):
+        """`saved` with its unset loss weights replaced by the method's defaults.
+
+        Runs started before the resolved weights went into the config saved None for every weight not typed.
+        """
+        weights = getattr(type(self.method), "weights", None)
+        unset = [k for k in WEIGHT_OPTIONS if k in saved and saved[k] is None]
+        if weights is None or not unset:
+            return saved
+        resolved = weights(argparse.Namespace(**saved))
+        return {**saved, **{k: resolved[WEIGHT_OPTIONS[k]] for k in unset}}
 
     def resume(self):
         """Load the run's last checkpoint (read and checked when the trainer was built)."""
@@ -181,6 +197,7 @@ class Trainer:
                 return self.summary(0.0)
             self.log(f"resuming {self.run_dir} at epoch {self.start_epoch}, step {self.start_step}")
         elif runtime.is_main:
+            make_run_dir(self.run_dir)  # only now: a command refused while setting up leaves no folder behind
             with open(os.path.join(self.run_dir, "config.json"), "w") as handle:
                 json.dump(self.config, handle, indent=2)
         if runtime.is_main:

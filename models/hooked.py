@@ -9,7 +9,9 @@ does not, and need not be edited: `HookedModel` wraps it, records the outputs of
 
 NORM's feature transform runs on the last named module's output: a forward hook hands the transformed map on
 to the rest of the model's own forward and puts the expanded map in the feature list (entry -2, the map NORM
-matches). The wrapped model's state-dict keys carry the prefix `model.`.
+matches). The wrapped model's state-dict keys carry the prefix `model.`. A recorded map is the tensor the module
+returned, not a copy: an in-place operation after it (densenet's ReLU) shows in it. Hooks belong to the modules
+named at wrapping time, so replace none of them afterwards (e.g. by SyncBatchNorm conversion).
 """
 from functools import partial
 
@@ -28,6 +30,7 @@ class HookedModel(nn.Module):
         self.feature_transform = None
         self.classifier_name = "model." + classifier
         self._captured = None
+        self._probe_transform = None  # the stand-in transform of the probe forward
         modules = [_named_submodule(model, name) for name in feature_modules]
         head = _named_submodule(model, classifier)
         if not isinstance(head, nn.Linear):
@@ -44,15 +47,19 @@ class HookedModel(nn.Module):
                              "[batch, channels, height, width] map")
         self.transform_in_channels = feature_map.shape[1]
         self.transform_init = "kaiming"
-        # Foldable when the classifier reads exactly the global average of the transformed map (checked on
-        # the probe, where the map and the pooled vector are both at hand).
+        # Foldable when the classifier reads exactly the global average of what the transform hands on: the probe
+        # ran a sign-flipping stand-in transform, so a ReLU (in place or not) after the map shows up here.
         self.transform_foldable = pooled.shape == feature_map.shape[:2] and torch.allclose(
-            pooled, feature_map.mean((2, 3)), rtol=1e-4, atol=1e-5)
+            pooled, _stand_in_transform(feature_map)[0].mean((2, 3)), rtol=1e-4, atol=1e-5)
 
     def _on_feature(self, slot, module, inputs, output):
+        if self._captured is not None and self._captured[slot] is not None:
+            raise ValueError(f"feature module {slot} ran twice in one forward pass; name a module that runs once "
+                             "(e.g. a whole block, not a ReLU the block reuses)")
         matched = output
-        if slot == self._slots - 2 and self.feature_transform is not None:
-            output, matched = self.feature_transform(output)  # the returned map replaces the module's output
+        transform = self.feature_transform if self.feature_transform is not None else self._probe_transform
+        if slot == self._slots - 2 and transform is not None:
+            output, matched = transform(output)  # the returned map replaces the module's output
         if self._captured is not None:
             self._captured[slot] = matched
         return output
@@ -71,7 +78,9 @@ class HookedModel(nn.Module):
             self._captured = None
         missing = [i for i, f in enumerate(features) if f is None]
         if missing:
-            raise RuntimeError(f"feature slots {missing} were not reached by the forward pass: check the module names")
+            raise RuntimeError(f"feature slots {missing} were not reached by the forward pass: check the module names, "
+                               "and do not replace the named modules after wrapping (e.g. SyncBatchNorm conversion "
+                               "of a named BatchNorm)")
         return (features, logits) if is_feat else logits
 
     @torch.no_grad()
@@ -80,12 +89,19 @@ class HookedModel(nn.Module):
         was_training = self.training
         param = next(self.model.parameters())
         self.eval()
+        self._probe_transform = _stand_in_transform
         try:
             features, _ = self(torch.randn(2, in_channels, image_size, image_size, device=param.device,
                                            dtype=param.dtype), is_feat=True)
         finally:
+            self._probe_transform = None
             self.train(was_training)
         return features[-2], features[-1]
+
+
+def _stand_in_transform(x):
+    """A per-pixel affine map standing in for the FT on the probe: (1 - x, x), a copy that flips every sign."""
+    return 1 - x, x
 
 
 def _named_submodule(model, name):

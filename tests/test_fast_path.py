@@ -78,6 +78,7 @@ def test_device_resident_data_trains_through_the_script_and_refuses_crd(tiny_cif
     with pytest.raises(UsageError, match="--gpu_data"):
         train_cifar_student.main(["--path_t", teacher_file("resnet8"), "--model_s", "resnet8", "--distill", "crd",
                                   "--data_root", tiny_cifar, "--save_root", str(tmp_path), "--gpu_data"])
+    assert not (tmp_path / "student_model").exists()  # the refused run left no folder behind
 
 
 class LargeFeatures(torch.nn.Module):

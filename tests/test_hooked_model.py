@@ -92,6 +92,20 @@ def test_a_layer_between_the_map_and_the_pooling_is_not_foldable():
         fold_transform_into_classifier(model.eval())
 
 
+def test_a_relu_after_the_map_is_not_foldable_even_in_place():
+    torch.manual_seed(0)
+    for inplace in (False, True):  # densenet's pattern: features -> ReLU(inplace) -> pool -> linear
+        net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=inplace),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5))
+        model = HookedModel(net, ["1"], "5", image_size=8)
+        assert not model.transform_foldable, inplace
+
+
+def test_a_module_that_runs_twice_per_forward_is_refused():
+    with pytest.raises(ValueError, match="ran twice in one forward pass"):  # BasicBlock calls its relu twice
+        HookedModel(torchvision.models.resnet18(num_classes=10), ["layer4.1.relu"], "fc", image_size=32)
+
+
 @pytest.mark.parametrize("features,classifier,match", [
     (["layer9"], "fc", "no submodule 'layer9'.*layer4"),
     (["layer4"], "avgpool", "is a AdaptiveAvgPool2d"),
@@ -110,7 +124,6 @@ def test_a_deep_copy_records_its_own_features():
     with torch.no_grad():
         twin.feature_transform.expand[0].weight.mul_(3)
         feats, _ = twin(torch.randn(2, 3, 32, 32), is_feat=True)
-    assert model._captured is None
     assert feats[-2].shape == (2, 32, 1, 1)
 
 

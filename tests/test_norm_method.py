@@ -151,7 +151,8 @@ def test_official_imagenet_student_converts_to_the_same_logits(tmp_path, model_s
         state["module.layer22.0.weight"] = torch.zeros(128, 128, 1, 1)
     path = tmp_path / "student.pth"
     torch.save({"epoch": 100, "model": state, "best_acc": torch.tensor(70.0)}, path)
-    model, _ = load_student(imagenet_model_dict, load_checkpoint(str(path)), str(path), model_s=model_s, n=2, official=True)
+    model, _ = load_student(imagenet_model_dict, load_checkpoint(str(path)), str(path), model_s=model_s, n=2,
+                            official=True)
     size = 224 if model_s == "MobileNet" else 64
     x = torch.randn(1, 3, size, size)
     with torch.no_grad():

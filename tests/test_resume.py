@@ -9,7 +9,7 @@ import torch
 
 import train_cifar_student
 from helper import signals
-from helper.checkpoint import load_checkpoint
+from helper.checkpoint import load_checkpoint, save_atomic
 from helper.errors import UsageError
 
 ARGS = ["--model_t", "resnet8", "--model_s", "resnet8", "--distill", "NORM_CRD", "-s", "2", "--nce_k", "8",
@@ -99,6 +99,10 @@ def test_resume_accepts_spelled_out_defaults_and_a_moved_teacher_and_stops_when_
     with pytest.raises(UsageError, match="learning_rate") as refused:  # refused before the teacher is evaluated
         train_cifar_student.main(argv(tiny_cifar, teacher, tmp_path, "--resume", "--learning_rate", "0.1"))
     assert "teacher resnet8 accuracy" not in capsys.readouterr().out and "--trial" in str(refused.value)
+    run = next((tmp_path / "student_model").iterdir())
+    ckpt = load_checkpoint(str(run / "resnet8_last.pth"))  # as saved before the weights were resolved
+    ckpt["config"].update(gamma=None, alpha=None, beta=None, ceta=None)
+    save_atomic(ckpt, str(run / "resnet8_last.pth"))
     moved = tmp_path / "elsewhere.pth"
     moved.write_bytes(open(teacher, "rb").read())
     spelled_out = ["--resume", "-r", "1", "-a", "0", "-b", "1", "-c", "2.5"]  # NORM_CRD's defaults, typed out
