@@ -154,21 +154,27 @@ def report(opt, device, epochs, accuracy):
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
-    """Run both parts and write the report."""
-    opt = parse_args(argv)
-    os.makedirs(opt.out, exist_ok=True)
-    fast = opt.fast_flags.split()
-    device = device_name(opt.device)
-    epochs = epoch_check(opt, fast)
-    accuracy = accuracy_check(opt, fast) if opt.fashion_root != "" else []
+def write_report(opt, device, epochs, accuracy):
+    """Write epoch_check.md and epoch_check.json into --out; returns the Markdown."""
     text = report(opt, device, epochs, accuracy)
     with open(os.path.join(opt.out, "epoch_check.md"), "w") as handle:
         handle.write(text)
     with open(os.path.join(opt.out, "epoch_check.json"), "w") as handle:
         json.dump({"device": device, "epochs": epochs, "accuracy": accuracy}, handle, indent=2)
+    return text
+
+
+def main(argv=None):
+    """Run both parts, writing the report after each (a failure in part 2 keeps part 1's numbers)."""
+    opt = parse_args(argv)
+    os.makedirs(opt.out, exist_ok=True)
+    fast = opt.fast_flags.split()
+    device = device_name(opt.device)
+    epochs = epoch_check(opt, fast)
+    text = write_report(opt, device, epochs, [])
+    if opt.fashion_root != "":
+        text = write_report(opt, device, epochs, accuracy_check(opt, fast))
     print(text)
-    return epochs, accuracy
 
 
 if __name__ == "__main__":
