@@ -3,12 +3,15 @@
 Example (the paper's README): python train_cifar_student.py --path_t ./save/models/resnet32x4_vanilla/ckpt_epoch_240.pth \
     --distill NORM --model_t resnet32x4 --model_s resnet8x4 -r 0.1 -a 0 -b 1.0 -s 8 --trial 1
 """
+import os
+
 from dataset import num_classes
 from helper.distill_run import student_main
 from helper.errors import run_cli
 from models import model_dict
 
 CIFAR_PROFILE = {
+    "script": os.path.abspath(__file__),
     "description": "Distil a CIFAR-100/CIFAR-10/Fashion-MNIST student (NORM, NORM_CRD and the baselines).",
     "zoo": model_dict, "datasets": ["cifar100", "cifar10", "fashion_mnist"], "dataset": "cifar100",
     "epochs": 240, "batch_size": 64, "learning_rate": 0.05, "weight_decay": 5e-4, "lr_decay": "step",

@@ -3,11 +3,13 @@
 Example: python train_cifar_teacher.py --model resnet32x4 --trial 0
 """
 import os
+import sys
 
 from dataset import num_classes
 from distiller_zoo import Vanilla
 from helper.data import load_datasets
 from helper.errors import run_cli
+from helper.launch import apply_gids
 from helper.model_loading import build_model
 from helper.options import base_parser, resolve_seed
 from helper.runtime import cleanup, seed_everything, setup_runtime, shared_seed
@@ -36,20 +38,22 @@ def main(argv=None):
         build_model(model_dict, opt.model, classes, "--model")  # raises the one-line error
     run_dir = os.path.join(opt.save_root, "models", f"{opt.model}_{opt.dataset}_lr_{opt.learning_rate}_decay_"
                                                     f"{opt.weight_decay}_trial_{opt.trial}")
-    prepare_run_dir(run_dir, opt.model, opt.resume)
-    resolve_seed(opt, run_dir)
-    runtime = setup_runtime(opt.device, opt.amp, opt.channels_last, opt.deterministic)
+    store = prepare_run_dir(run_dir, opt.model, opt)
     try:
+        apply_gids(opt, os.path.abspath(__file__), sys.argv[1:] if argv is None else argv, before_spawn=store.close)
+        resolve_seed(opt, run_dir)
+        runtime = setup_runtime(opt.device, opt.amp, opt.channels_last, opt.deterministic)
         opt.seed = shared_seed(opt.seed, runtime)
         seed_everything(opt.seed + runtime.rank)
         train_set, val_set = load_datasets(opt)
         model = build_model(model_dict, opt.model, classes, "--model")
-        trainer = Trainer(Vanilla(model), model, opt, runtime, run_dir=run_dir, name=opt.model,
+        trainer = Trainer(Vanilla(model), model, opt, runtime, run_dir=run_dir, name=opt.model, store=store,
                           train_set=train_set, val_set=val_set,
                           record={"teacher": None, "student": opt.model, "method": "vanilla",
                                   "dataset": opt.dataset, "trial": opt.trial})
         return trainer.fit()
     finally:
+        store.close()
         cleanup()
 
 

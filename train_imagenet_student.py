@@ -25,6 +25,7 @@ def default_teacher_path(opt):
 
 
 IMAGENET_PROFILE = {
+    "script": os.path.abspath(__file__),
     "description": "Distil an ImageNet/ImageFolder student (NORM and the baselines); DDP under torchrun.",
     "zoo": imagenet_model_dict, "datasets": ["imagenet"], "dataset": "imagenet",
     "epochs": 100, "batch_size": 256, "learning_rate": 0.1, "weight_decay": 1e-4, "lr_decay": "step",

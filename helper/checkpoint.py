@@ -1,5 +1,6 @@
 """Checkpoints: atomic writes of plain data, safe reads (`weights_only=True`) of ours and of legacy files."""
 import argparse
+import errno
 import os
 import tempfile
 
@@ -9,18 +10,31 @@ from .errors import UsageError
 
 
 class CheckpointWriteError(UsageError):
-    """A checkpoint could not be written (disk full, permissions); the previous file is intact."""
+    """A checkpoint or run file could not be written (disk full, permissions)."""
 
 
-def save_atomic(obj, path):
-    """Write `obj` with torch.save to a temporary file beside `path`, fsync it, then rename over `path`."""
+def write_failure_reason(err):
+    """Why a write failed, in a few words; a full disk is named as such (torch reports it as a RuntimeError)."""
+    text = str(err)
+    if getattr(err, "errno", None) == errno.ENOSPC or "No space left" in text or "errno 28" in text.lower():
+        return "the disk is full (No space left on device)"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return text.splitlines()[0] if text.strip() else type(err).__name__
+
+
+def _write_atomic(path, write):
+    """Call `write(handle)` on a temporary file beside `path`, fsync it, then rename it over `path`.
+
+    On failure the temporary file is removed and `path` is left as it was; the error names the file and the reason.
+    """
     directory = os.path.dirname(os.path.abspath(path))
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=directory)
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; checkpoints get the usual permissions
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -28,10 +42,7 @@ def save_atomic(obj, path):
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
         if isinstance(err, (OSError, RuntimeError)):
-            reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err).splitlines()[0]
-            raise CheckpointWriteError(
-                f"could not write {path}: {reason}; the previous checkpoint is intact, "
-                "free space or fix permissions and rerun with --resume") from err
+            raise CheckpointWriteError(f"could not write {path}: {write_failure_reason(err)}") from err
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(directory, os.O_RDONLY)
@@ -41,6 +52,16 @@ def save_atomic(obj, path):
             os.close(dir_fd)
     except OSError:
         pass
+
+
+def save_atomic(obj, path):
+    """torch.save `obj` to `path` atomically (temporary file, fsync, rename); `path` is untouched on failure."""
+    _write_atomic(path, lambda handle: torch.save(obj, handle))
+
+
+def write_text_atomic(text, path):
+    """Write `text` to `path` atomically, as save_atomic does for checkpoints."""
+    _write_atomic(path, lambda handle: handle.write(text.encode()))
 
 
 def _umask():

@@ -1,11 +1,13 @@
 """The shared main of the student scripts (CIFAR and ImageNet): teacher, student, method, run folder, training."""
 import os
+import sys
 
 from distiller_zoo import METHODS, method_class
 from .checkpoint import load_checkpoint, model_state
 from .data import load_datasets
 from .engine import validate
 from .errors import UsageError
+from .launch import apply_gids
 from .model_loading import build_model, load_model_state, matching_architectures
 from .options import base_parser, positive_int, resolve_seed
 from .runtime import cleanup, seed_everything, setup_runtime, shared_seed
@@ -77,11 +79,11 @@ def student_main(argv, profile):
     # the resolved values go into the run's config, so a resume that types a default out is the same run
     opt.gamma, opt.alpha, opt.beta, opt.ceta = (weights[k] for k in ("gamma", "alpha", "beta", "logit_scale"))
     run_dir = os.path.join(opt.save_root, "student_model", run_name(opt, weights, opt.dataset))
-    prepare_run_dir(run_dir, opt.model_s, opt.resume)
-    resolve_seed(opt, run_dir)
-
-    runtime = setup_runtime(opt.device, opt.amp, opt.channels_last, opt.deterministic)
+    store = prepare_run_dir(run_dir, opt.model_s, opt)
     try:
+        apply_gids(opt, profile["script"], sys.argv[1:] if argv is None else argv, before_spawn=store.close)
+        resolve_seed(opt, run_dir)
+        runtime = setup_runtime(opt.device, opt.amp, opt.channels_last, opt.deterministic)
         opt.seed = shared_seed(opt.seed, runtime)
         seed_everything(opt.seed + runtime.rank)
         image_size = getattr(opt, "image_size", None)
@@ -95,8 +97,8 @@ def student_main(argv, profile):
             method = cls.build(student, teacher, opt, data)
         except ValueError as err:
             raise UsageError(f"--distill {opt.distill} cannot distill {opt.model_t} into {opt.model_s}: {err}")
-        trainer = Trainer(method, student, opt, runtime, run_dir=run_dir, name=opt.model_s, train_set=train_set,
-                          val_set=val_set, record={"teacher": opt.model_t, "student": opt.model_s,
+        trainer = Trainer(method, student, opt, runtime, run_dir=run_dir, name=opt.model_s, store=store,
+                          train_set=train_set, val_set=val_set, record={"teacher": opt.model_t, "student": opt.model_s,
                                                    "method": opt.distill, "dataset": opt.dataset,
                                                    "trial": opt.trial})
         teacher_acc = validate(teacher, trainer.val_loader, runtime)
@@ -104,6 +106,7 @@ def student_main(argv, profile):
         trainer.record["teacher_acc"] = teacher_acc["acc1"]
         return trainer.fit()
     finally:
+        store.close()
         cleanup()
 
 

@@ -1,5 +1,6 @@
 """The one training step loop and the one validation loop, shared by every script, dataset and method."""
 import sys
+import time
 
 import torch
 import torch.distributed
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from .errors import UsageError
 from .meters import correct_topk
 from .runtime import all_reduce_sum
+from .timing import StepTimer, timed_teacher
 
 
 class Interrupted(Exception):
@@ -41,59 +43,91 @@ def _to_device(batch, runtime):
 
 
 def train_one_epoch(method, loader, optimizer, runtime, epoch, *, scaler=None, start_step=0, print_freq=100,
-                    stop=None, progress=None, log=print):
-    """Train one epoch (from `start_step` when resuming); returns averaged loss terms and train accuracy.
+                    stop=None, progress=None, log=print, timing=True):
+    """Train one epoch (from `start_step` when resuming); returns averaged loss terms, train accuracy and, with
+    `timing`, the seconds spent per phase (`time/data_s`, `time/teacher_s`, `time/student_s`, `time/backward_s`).
 
     The loop never reads values back from the device except every `print_freq` steps: loss terms and
     top-k counts accumulate on the device, and the first non-finite step of each term is tracked there too.
     """
     method.train()
     progress = sys.stderr.isatty() if progress is None else progress
-    names, totals, first_bad, count = None, None, None, 0
+    timer = StepTimer(runtime.device) if timing else None
+    with timed_teacher(getattr(method, "module", method), timer):  # DDP holds the method as .module
+        result = _train_steps(method, loader, optimizer, runtime, epoch, scaler, start_step, print_freq, stop,
+                              progress, log, timer)
+    if timer is not None:
+        result.update({f"time/{phase}_s": seconds for phase, seconds in timer.totals().items()})
+    return result
+
+
+def _train_steps(method, loader, optimizer, runtime, epoch, scaler, start_step, print_freq, stop, progress, log,
+                 timer):
+    names, totals, first_bad, skipped = None, None, None, 0
+    scale = scaler.get_scale() if scaler is not None else None
     total_steps = start_step + len(loader)
     bar = _progress(loader, len(loader), f"epoch {epoch}", progress and runtime.is_main)
     step = start_step
+    fetch_start = time.perf_counter()
     for step, batch in enumerate(bar, start=start_step):
         images, targets, index, contrast = _to_device(batch, runtime)
+        if timer is not None:
+            timer.add_data_wait(time.perf_counter() - fetch_start)
+            timer.start_step()
         with runtime.autocast():
             logits, losses = method(images, targets, index=index, contrast_index=contrast)
         loss = sum(losses.values())
+        if timer is not None:
+            timer.forward_done()
         optimizer.zero_grad(set_to_none=True)
+        applied = True
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            # the scaler lowers its scale exactly when it skipped the step for an overflow; its step() has read the
+            # overflow flag on the host already, so reading the scale back adds no wait
+            new_scale = scaler.get_scale()
+            applied, scale = new_scale >= scale, new_scale
+            skipped += not applied
         else:
             loss.backward()
             optimizer.step()
+        if timer is not None:
+            timer.end_step()
 
         values = torch.stack([v.detach().float() for v in losses.values()])
-        n = targets.shape[0]  # known on the host: no device tensor built from it, so no copy or sync
-        stats = torch.cat([values * n, correct_topk(logits.detach(), targets).float()])
+        n = targets.shape[0]  # known on the host; full_like fills on the device (no host-to-device copy or sync)
+        stats = torch.cat([values * n, correct_topk(logits.detach(), targets).float(), torch.full_like(values[:1], n)])
         if totals is None:
             names = list(losses)
             totals = torch.zeros_like(stats)
             first_bad = torch.full_like(values, -1)
-        totals += stats
-        count += n
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(values), float(step), first_bad)
+        if applied:
+            totals += stats
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(values), float(step), first_bad)
+        else:  # an overflow the scaler skipped changed nothing: not a non-finite loss, and its inf is not averaged
+            totals += torch.where(torch.isfinite(values).all(), stats, 0.0)
 
         if (step + 1) % print_freq == 0 or step + 1 == total_steps:
             _check_finite(first_bad, names, epoch, runtime)
             if runtime.is_main and not progress:
-                avg = totals[:len(names)] / count
+                avg = totals[:len(names)] / totals[-1].clamp(min=1)
                 terms = " ".join(f"{k} {v:.4f}" for k, v in zip(names, avg.tolist()))
                 log(f"epoch {epoch} [{step + 1}/{total_steps}] {terms} lr {optimizer.param_groups[0]['lr']:.5g}")
         if stop is not None and stop.should_stop(step, runtime):
             _check_finite(first_bad, names, epoch, runtime)
             raise Interrupted(step + 1)
+        fetch_start = time.perf_counter()
     if totals is None:
         return {}
-    totals = all_reduce_sum(torch.cat([totals, totals.new_tensor([count])]), runtime).tolist()
-    count = totals[-1]
+    totals = all_reduce_sum(totals, runtime).tolist()
+    count = max(totals[-1], 1)
     result = {f"loss/{k}": v / count for k, v in zip(names, totals)}
     result["loss/total"] = sum(result.values())
     result["train_acc1"], result["train_acc5"] = (100 * c / count for c in totals[len(names):-1])
+    if scaler is not None:
+        result["skipped_steps"] = skipped  # the ranks skip together: their gradients are all-reduced
     return result
 
 
@@ -111,8 +145,7 @@ def _check_finite(first_bad, names, epoch, runtime):
     if hits:
         step, _ = min(hits)
         terms = ", ".join(name for s, name in hits if s == step)
-        raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {step + 1} in term(s) {terms}; the last good "
-                            "checkpoint is kept: lower the learning rate or the term's weight and rerun with --resume")
+        raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {step + 1} in term(s) {terms}")
 
 
 @torch.no_grad()

@@ -54,7 +54,8 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
     p = ArgumentParser(description=description)
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=positive_int, default=epochs, help="number of training epochs")
-    g.add_argument("--batch_size", type=positive_int, default=batch_size, help="batch size (per process)")
+    g.add_argument("--batch_size", type=positive_int, default=batch_size,
+                   help="the global batch size (the paper's meaning), split over the DDP processes")
     g.add_argument("--learning_rate", type=positive_float, default=learning_rate,
                    help="initial learning rate (default: the official one for the model)")
     g.add_argument("--lr_decay", choices=["step", "cos"], default=lr_decay, help="learning-rate schedule")
@@ -80,6 +81,9 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
                    help="force tqdm progress bars (default: only on a terminal)")
     g = p.add_argument_group("device and speed")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:K")
+    g.add_argument("--gids", default=None,
+                   help="the official GPU ids, e.g. 0,1,2,3: one id runs on that GPU, several start DDP over them "
+                        "(one process each, as torchrun; --batch_size stays the global batch)")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
     g.add_argument("--channels_last", action="store_true", help="channels-last memory format")
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume on CPU)")

@@ -1,101 +1,89 @@
-"""The run driver shared by the three training scripts: run folder, resume, epochs, checkpoints, logs, results."""
-import argparse
-import inspect
-import json
+"""The epoch driver shared by the three training scripts: stages, schedules, validation, checkpoints, logs.
+
+The run folder and its policies live in `run_store`, DDP in `distributed`, the step loop in `engine`.
+"""
 import os
-import subprocess
 import sys
 import time
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoint import load_checkpoint, save_atomic
+from .checkpoint import plain_number
 from .data import eval_loader, train_loader, worker_count
 from .device_data import device_loader_for
-from .engine import Interrupted, train_one_epoch, validate
+from .distributed import StageWrapper, check_sync_bn, gather_rng_states, restore_rng_state, sync_buffers
+from .engine import Interrupted, NonFiniteLoss, train_one_epoch, validate
 from .errors import UsageError
-from .runtime import rng_state, set_rng_state
+from .run_store import RunStore, git_commit, plain_config
 from .schedule import learning_rate, set_learning_rate
 from .signals import StopRequest
+from .timing import PHASES, format_duration
 
 INIT_STAGE_EPOCH_OFFSET = 1_000_000
 
-# Options that may change between an interrupted run and its resumption without changing what is learned.
-# The teacher file may move (its architecture, `model_t`, is still compared).
-OPERATIONAL_OPTIONS = {"resume", "num_workers", "print_freq", "device", "data_root", "download", "progress",
-                       "save_root", "deterministic", "save_freq", "compile", "fused_sgd", "channels_last",
-                       "official_num_workers", "path_t"}
+
+def per_process_batch(batch_size, world_size):
+    """--batch_size is the global batch (the paper's meaning) split over the processes; it must divide evenly."""
+    if batch_size % world_size:
+        lower, upper = batch_size // world_size * world_size, -(-batch_size // world_size) * world_size
+        choices = " or ".join(str(b) for b in dict.fromkeys((lower, upper)) if b > 0)
+        raise UsageError(f"--batch_size {batch_size} is the global batch and does not divide over {world_size} "
+                         f"processes; use {choices}")
+    return batch_size // world_size
 
 
-# The loss-weight flags and the names Distiller.weights gives them.
-WEIGHT_OPTIONS = {"gamma": "gamma", "alpha": "alpha", "beta": "beta", "ceta": "logit_scale"}
+def run_config(opt, world_size):
+    """The run's config as saved in config.json and every checkpoint: the options plus what they imply."""
+    config = {**plain_config(opt), "world_size": world_size,
+              "batch_size_per_process": opt.batch_size // world_size}  # fixes the data shards with the world size
+    config["sync_bn"] = bool(getattr(opt, "sync_bn", False)) and world_size > 1  # a no-op in one process
+    return config
 
 
-def plain_config(opt):
-    """The options as JSON-compatible plain data."""
-    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else
-                list(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in sorted(vars(opt).items())}
+def prepare_run_dir(run_dir, name, opt):
+    """The run's store, checked before anything is loaded (the folder is locked when it exists; nothing is created)."""
+    rank = int(os.environ.get("RANK", "0"))
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    store = RunStore(run_dir, name, resume=opt.resume, is_main=rank == 0, save_root=opt.save_root)
+    per_process_batch(opt.batch_size, world)  # refused before anything loads
+    config = run_config(opt, world)
+    if config.get("seed") is None:
+        config.pop("seed")  # drawn later: not a difference to report
+    store.check(config)
+    return store
 
 
-def config_differences(saved, current):
-    """Names of the options that differ between a saved run and this command line (operational ones ignored)."""
-    keys = (set(saved) | set(current)) - OPERATIONAL_OPTIONS
-    return sorted(k for k in keys if saved.get(k) != current.get(k))
+class Stage:
+    """Where a stage stands: the last epoch begun and the steps of it done (0: the epoch is complete)."""
 
+    def __init__(self, epoch=0, step=0):
+        self.epoch, self.step = epoch, step
 
-def git_commit():
-    """The project's current git commit, or None outside a checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def prepare_run_dir(run_dir, name, resume):
-    """Check, before anything is loaded, that the run folder can take this run; returns the last-file path.
-
-    Nothing is created here (the Trainer makes the folder), so a command refused later leaves no empty folder.
-    """
-    last = os.path.join(run_dir, f"{name}_last.pth")
-    if resume and not os.path.isfile(last):
-        raise UsageError(f"--resume: {last} does not exist; start the run without --resume")
-    if not resume and os.path.isfile(last):
-        raise UsageError(f"{run_dir} already holds a run; add --resume to continue it, or pick another --trial")
-    existing = os.path.abspath(run_dir)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
-        raise UsageError(f"cannot create the run folder {run_dir} ({existing} is not a writable folder); choose a "
-                         "writable --save_root")
-    return last
-
-
-def make_run_dir(run_dir):
-    """Create the run folder (checked by prepare_run_dir), with a one-line error if that still fails."""
-    try:
-        os.makedirs(run_dir, exist_ok=True)
-    except OSError as err:
-        raise UsageError(f"cannot create the run folder {run_dir} ({err.strerror}); choose a writable --save_root")
+    def next_start(self):
+        """(first epoch to run, steps of it to skip)."""
+        return (self.epoch, self.step) if self.step else (self.epoch + 1, 0)
 
 
 class Trainer:
     """Drives one run: `method` wraps `student`; checkpoints go to `run_dir` as `<name>_{best,last}.pth`."""
 
-    def __init__(self, method, student, opt, runtime, *, run_dir, name, train_set, val_set, record=None):
+    def __init__(self, method, student, opt, runtime, *, run_dir, name, train_set, val_set, record=None, store=None):
         self.method, self.student, self.opt, self.runtime = method, student, opt, runtime
         self.run_dir, self.name, self.train_set, self.val_set = run_dir, name, train_set, val_set
         self.record = record or {}
-        # the process count is part of the run: it fixes the data shards and the global batch
-        self.config = {**plain_config(opt), "world_size": runtime.world_size}
-        self.last_path = os.path.join(run_dir, f"{name}_last.pth")
-        self.best_acc, self.start_epoch, self.start_step = 0.0, 1, 0
-        self.init_done = not (getattr(method, "has_init_stage", False) and getattr(opt, "init_epochs", 0) > 0)
-        self.history = []
+        self.store = store or RunStore(run_dir, name, resume=opt.resume, is_main=runtime.is_main,
+                                       save_root=opt.save_root)
+        self.batch = per_process_batch(opt.batch_size, runtime.world_size)
+        sync_bn = check_sync_bn(getattr(opt, "sync_bn", False), runtime)
+        self.config = run_config(opt, runtime.world_size)
+        self.last_path = self.store.last_path
+        self.best_acc, self.history = 0.0, []
+        self.epoch_seconds = []  # wall time of each epoch this process ran (training + validation), for the ETA
+        self.main = Stage()
+        self.two_stage = getattr(method, "has_init_stage", False) and getattr(opt, "init_epochs", 0) > 0
+        self.init = Stage() if self.two_stage else None  # None: no init stage left to run
         # read and checked before anything costly runs (the caller may validate the teacher next)
-        self.resume_checkpoint = self.check_resumable() if opt.resume else None
+        self.resume_checkpoint = self.store.read_resumable(self.config, type(method)) if opt.resume else None
 
         runtime.to_device(method)
         if getattr(opt, "compile", False):
@@ -104,210 +92,201 @@ class Trainer:
         self.optimizer = torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum,
                                          weight_decay=opt.weight_decay, **_sgd_speed_options(runtime, opt))
         self.scaler = runtime.grad_scaler()
-        if not self.init_done:  # DDP registers the parameters trainable at wrap time: those of the init stage
-            method.set_stage("init")
-        self.model = method
-        if runtime.distributed:
-            if getattr(opt, "sync_bn", False):
-                torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)  # converts in place below the root
-            # Buffers (BN statistics, CRD memories) are synchronised from rank 0 once per epoch, before
-            # validation and checkpoints, instead of on every forward (a CRD memory is ~50 MB).
-            self.sync_buffers(everything=True)  # every rank starts from rank 0's buffers (e.g. CRD's random memories)
-            self.model = DistributedDataParallel(
-                method, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None,
-                find_unused_parameters=not self.init_done, **_no_per_step_buffer_sync())
-        self.train_loader = make_train_loader(train_set, opt, runtime)
+        self.init_optimizer = self.init_scaler = None
+        if self.two_stage:
+            self.init_optimizer = torch.optim.SGD(method.init_stage_parameters(), lr=method.init_learning_rate(opt),
+                                                  momentum=opt.momentum, weight_decay=opt.weight_decay)
+            self.init_scaler = runtime.grad_scaler()  # its own: the init stage's loss has another scale
+        self.wrapper = StageWrapper(method, runtime, sync_bn)
+        self.train_loader = make_train_loader(train_set, opt, runtime, self.batch)
         workers = worker_count(opt.num_workers, getattr(opt, "official_num_workers", 8), runtime)
-        self.val_loader = eval_loader(val_set, opt.batch_size, runtime, workers // 2)
+        self.val_loader = eval_loader(val_set, self.batch, runtime, workers // 2)
         self.writer = None
         self.progress = sys.stderr.isatty() if opt.progress is None else opt.progress
 
-    # ---------------------------------------------------------------- checkpoints
-    def state(self, epoch, step, accuracy):
-        """Everything needed to continue the run, as plain data."""
-        return {"epoch": epoch, "step": step, "model": self.student.state_dict(),
-                "method": self.method.method_state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler else None, "accuracy": float(accuracy),
-                "best_acc": float(self.best_acc), "rng": rng_state(), "config": self.config,
-                "history": self.history, "init_done": self.init_done}
+    # ---------------------------------------------------------------- state
+    def stateful_parts(self):
+        """The parts whose state a checkpoint holds, by checkpoint key (objects with state_dict/load_state_dict)."""
+        parts = {"model": self.student, "method": MethodState(self.method), "optimizer": self.optimizer,
+                 "scaler": self.scaler}
+        if self.init is not None:
+            parts.update(init_optimizer=self.init_optimizer, init_scaler=self.init_scaler)
+        return parts
 
-    def save(self, path, payload):
-        """Rank 0 writes `payload` atomically."""
-        if self.runtime.is_main:
-            save_atomic(payload, path)
+    def state(self, accuracy=0.0):
+        """Everything needed to continue the run, as plain data (a collective under DDP: all ranks call it)."""
+        payload = {key: (part.state_dict() if part is not None else None)
+                   for key, part in self.stateful_parts().items()}
+        rngs = gather_rng_states(self.runtime)
+        payload.update(epoch=self.main.epoch, step=self.main.step, accuracy=float(accuracy),
+                       best_acc=float(self.best_acc), rng=rngs[0], rng_per_rank=rngs, config=self.config,
+                       history=self.history, init_done=self.init is None)
+        if self.init is not None:
+            payload.update(init_epoch=self.init.epoch, init_step=self.init.step)
+        return payload
 
-    def check_resumable(self):
-        """The run's last checkpoint, refused when this command line changes what the run learns."""
-        ckpt = load_checkpoint(self.last_path)
-        saved = self.resolved_weights(ckpt.get("config", {}))
-        diffs = config_differences(saved, self.config)
-        if diffs:
-            shown = ", ".join(f"{k} (saved {saved.get(k)!r}, now {self.config.get(k)!r})" for k in diffs)
-            raise UsageError(f"--resume with a changed configuration: {shown}; rerun with the saved options, "
-                             "or start a new run with another --trial")
-        return ckpt
-
-    def resolved_weights(self, saved):
-        """`saved` with its unset loss weights replaced by the method's defaults.
-
-        Runs started before the resolved weights went into the config saved None for every weight not typed.
-        """
-        weights = getattr(type(self.method), "weights", None)
-        unset = [k for k in WEIGHT_OPTIONS if k in saved and saved[k] is None]
-        if weights is None or not unset:
-            return saved
-        resolved = weights(argparse.Namespace(**saved))
-        return {**saved, **{k: resolved[WEIGHT_OPTIONS[k]] for k in unset}}
-
-    def resume(self):
-        """Load the run's last checkpoint (read and checked when the trainer was built)."""
-        ckpt, self.resume_checkpoint = self.resume_checkpoint, None
-        self.student.load_state_dict(ckpt["model"])
-        self.method.load_method_state_dict(ckpt["method"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+    def load_state(self, ckpt):
+        """Restore what `state` returned (and checkpoints of earlier versions, which lack the newer keys)."""
+        if ckpt.get("init_done", True):
+            self.init = None
+        elif "init_epoch" in ckpt:
+            self.init = Stage(ckpt["init_epoch"], ckpt["init_step"])
+        else:  # files of earlier versions: the interrupted init stage restarts
+            self.init = Stage() if self.two_stage else None
+        for key, part in self.stateful_parts().items():
+            if part is not None and ckpt.get(key):
+                part.load_state_dict(ckpt[key])
         match_parameter_layouts(self.optimizer)
-        if self.scaler is not None and ckpt.get("scaler"):
-            self.scaler.load_state_dict(ckpt["scaler"])
-        self.best_acc, self.history = ckpt["best_acc"], list(ckpt.get("history", []))
-        self.init_done = ckpt.get("init_done", True)
-        if self.init_done and hasattr(self.method, "set_stage"):
+        self.best_acc, self.history = plain_number(ckpt["best_acc"]), list(ckpt.get("history", []))
+        if self.init is None and hasattr(self.method, "set_stage"):
             self.method.set_stage("main")
-        set_rng_state(ckpt["rng"])
-        epoch, step = ckpt["epoch"], ckpt["step"]
-        self.start_epoch, self.start_step = (epoch, step) if step else (epoch + 1, 0)
+        restore_rng_state(ckpt, self.runtime)
+        self.main = Stage(ckpt["epoch"], ckpt["step"])
+
+    def save_last(self, accuracy=0.0):
+        """The resumable checkpoint."""
+        state = self.state(accuracy)
+        self.store.save(os.path.basename(self.last_path), state)
 
     # ---------------------------------------------------------------- the run
-    def log(self, message):
-        """Print on rank 0 (through tqdm while progress bars are shown)."""
-        if self.runtime.is_main:
-            if self.progress:
-                from tqdm import tqdm
-                tqdm.write(message)
-            else:
-                print(message, flush=True)
+    def log(self, message, err=False):
+        """Print on rank 0 (through tqdm while progress bars are shown); `err` for what must reach stderr."""
+        if not self.runtime.is_main:
+            return
+        if self.progress and not err:
+            from tqdm import tqdm
+            tqdm.write(message)
+        else:
+            print(message, file=sys.stderr if err else sys.stdout, flush=True)
 
     def fit(self):
         """Train from the start (or the resumed position) to `--epochs`; returns the final summary dict."""
         opt, runtime = self.opt, self.runtime
-        if opt.resume:
-            self.resume()
-            if self.init_done and self.start_epoch > opt.epochs:
-                self.log(f"{self.run_dir} already finished its {opt.epochs} epochs (best acc@1 {self.best_acc:.2f}); "
-                         "nothing to resume")
-                return self.summary(0.0)
-            self.log(f"resuming {self.run_dir} at epoch {self.start_epoch}, step {self.start_step}")
-        elif runtime.is_main:
-            make_run_dir(self.run_dir)  # only now: a command refused while setting up leaves no folder behind
-            with open(os.path.join(self.run_dir, "config.json"), "w") as handle:
-                json.dump(self.config, handle, indent=2)
+        try:
+            if opt.resume:
+                ckpt, self.resume_checkpoint = self.resume_checkpoint, None
+                self.load_state(ckpt)
+                start, _ = self.main.next_start()
+                if self.init is None and start > opt.epochs:
+                    self.log(f"{self.run_dir} already finished its {opt.epochs} epochs (best acc@1 "
+                             f"{self.best_acc:.2f}); nothing to resume")
+                    return self.summary(0.0)
+            self.store.open(self.config)  # only now: a command refused while setting up leaves no folder behind
+            if opt.resume:
+                where = (f"init epoch {self.init.next_start()[0]}" if self.init is not None else
+                         "epoch {}, step {}".format(*self.main.next_start()))
+                self.log(f"resuming {self.run_dir} at {where}")
+            self.log(f"global batch {opt.batch_size} = {runtime.world_size} x {self.batch}")
+            return self._train()
+        finally:
+            self.store.close()
+
+    def _train(self):
+        runtime = self.runtime
         if runtime.is_main:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(os.path.join(self.run_dir, "tensorboard"))
         stop = StopRequest().install()
         started = time.time()
         try:
-            if not self.init_done:
+            if self.init is not None:
                 self.run_init_stage(stop)
-            epochs = range(self.start_epoch, opt.epochs + 1)
+            start, _ = self.main.next_start()
+            epochs = range(start, self.opt.epochs + 1)
             if self.progress and runtime.is_main:
                 from tqdm import tqdm
-                epochs = tqdm(epochs, desc="epochs", initial=self.start_epoch - 1, total=opt.epochs)
+                epochs = tqdm(epochs, desc="epochs", initial=start - 1, total=self.opt.epochs)
             for epoch in epochs:
                 self.run_epoch(epoch, stop)
-        except Interrupted as interrupt:
-            return self.interrupted(interrupt, stop)
+        except Interrupted:
+            return self.interrupted(stop)
+        except NonFiniteLoss as err:
+            kept = (f"the last good checkpoint {self.last_path} is kept" if self.store.has_checkpoint else
+                    "no checkpoint was written")
+            raise NonFiniteLoss(f"{err}; lower the learning rate or that term's weight and start a new run with "
+                                f"another --trial ({kept})") from None
         finally:
             stop.uninstall()
             if self.writer is not None:
                 self.writer.close()
         return self.finish(time.time() - started)
 
+    def run_stage_epoch(self, stage, epoch, stage_epoch, optimizer, scaler, stop):
+        """Train one epoch of `stage` from its saved position; on a signal save where it stands and re-raise."""
+        position = self.init if stage == "init" else self.main
+        skip = position.step if position.epoch == epoch else 0
+        self.train_loader.sampler.set_epoch(stage_epoch, skip * self.batch)
+        position.epoch, position.step = epoch, skip
+        try:
+            stats = train_one_epoch(self.wrapper.for_stage(stage), self.train_loader, optimizer, self.runtime,
+                                    epoch, scaler=scaler, start_step=skip, print_freq=self.opt.print_freq,
+                                    stop=stop, progress=self.progress, log=self.log)
+        except Interrupted as interrupt:
+            position.step = interrupt.steps_done
+            self.save_last()
+            raise
+        position.step = 0
+        return stats
+
     def run_init_stage(self, stop):
-        """The pre-training stage of AB/FT/FSP (RepDistiller's `init`); an interruption restarts it on resume."""
+        """The pre-training stage of AB/FT/FSP (RepDistiller's `init`), resumable mid-epoch like the main stage."""
         opt = self.opt
         self.method.set_stage("init")
-        optimizer = torch.optim.SGD(self.method.init_stage_parameters(), lr=self.method.init_learning_rate(opt),
-                                    momentum=opt.momentum, weight_decay=opt.weight_decay)
-        scaler = self.runtime.grad_scaler()  # its own: the init stage's loss has another scale
-        for epoch in range(1, opt.init_epochs + 1):
-            stage_epoch = INIT_STAGE_EPOCH_OFFSET + epoch  # a separate, still seeded, data order
-            self.train_loader.sampler.set_epoch(stage_epoch)
-            try:
-                stats = train_one_epoch(self.model, self.train_loader, optimizer, self.runtime, epoch,
-                                        scaler=scaler, print_freq=opt.print_freq, stop=stop,
-                                        progress=self.progress, log=self.log)
-            except Interrupted:
-                self.save(self.last_path, self.state(0, 0, 0.0))
-                raise
+        start, _ = self.init.next_start()
+        for epoch in range(start, opt.init_epochs + 1):
+            stats = self.run_stage_epoch("init", epoch, INIT_STAGE_EPOCH_OFFSET + epoch,  # its own seeded order
+                                         self.init_optimizer, self.init_scaler, stop)
             self.log(f"init epoch {epoch}/{opt.init_epochs} loss {stats.get('loss/total', 0):.4f}")
+            self.save_last()
         self.method.set_stage("main")
-        self.init_done = True
-        self.save(self.last_path, self.state(0, 0, 0.0))
+        self.init = None
+        self.save_last()
 
     def run_epoch(self, epoch, stop):
         """One epoch: schedules, training, validation, logs and checkpoints."""
         opt = self.opt
-        skip = self.start_step if epoch == self.start_epoch else 0
         lr = learning_rate(epoch, opt.learning_rate, opt.epochs, opt.lr_decay, opt.lr_decay_epochs,
                            opt.lr_decay_rate)
         set_learning_rate(self.optimizer, lr)
         self.method.set_epoch(epoch)
-        self.train_loader.sampler.set_epoch(epoch, skip * opt.batch_size)
         tic = time.time()
-        try:
-            train = train_one_epoch(self.model, self.train_loader, self.optimizer, self.runtime, epoch,
-                                    scaler=self.scaler, start_step=skip, print_freq=opt.print_freq, stop=stop,
-                                    progress=self.progress, log=self.log)
-        except Interrupted as interrupt:
-            self.save(self.last_path, self.state(epoch, interrupt.steps_done, 0.0))
-            raise
+        train = self.run_stage_epoch("main", epoch, epoch, self.optimizer, self.scaler, stop)
         seconds = time.time() - tic
-        self.sync_buffers()
+        sync_buffers(self.method, self.runtime)
         val = validate(self.student, self.val_loader, self.runtime)
-        best_path = os.path.join(self.run_dir, f"{self.name}_best.pth")
-        is_best = val["acc1"] > self.best_acc or not os.path.isfile(best_path)
+        self.epoch_seconds.append(time.time() - tic)
+        is_best = val["acc1"] > self.best_acc or not os.path.isfile(self.store.best_path)
         self.best_acc = max(self.best_acc, val["acc1"])
-        images = (len(self.train_loader.sampler)) * self.runtime.world_size
-        row = {"epoch": epoch, "lr": lr, **train, "test_acc": val["acc1"], "test_acc_top5": val["acc5"],
+        images = len(self.train_loader.sampler) * self.runtime.world_size
+        scalars = method_scalars(self.method)
+        row = {"epoch": epoch, "lr": lr, **train, **scalars, "test_acc": val["acc1"], "test_acc_top5": val["acc5"],
                "test_loss": val["loss"], "images_per_s": images / max(seconds, 1e-9)}
-        self.history.append({k: row[k] for k in ("epoch", "test_acc", "test_acc_top5")} | {"train_s": seconds})
+        self.history.append({k: v for k, v in row.items() if k != "images_per_s"} | {"train_s": seconds})
+        eta = (opt.epochs - epoch) * sum(self.epoch_seconds) / len(self.epoch_seconds)
         self.log(f"epoch {epoch}/{opt.epochs} lr {lr:.5g} train loss {train.get('loss/total', 0):.4f} "
                  f"acc {train.get('train_acc1', 0):.2f} | test acc@1 {val['acc1']:.2f} acc@5 {val['acc5']:.2f} "
-                 f"loss {val['loss']:.4f} | best {self.best_acc:.2f} | {row['images_per_s']:.0f} img/s")
+                 f"loss {val['loss']:.4f} | best {self.best_acc:.2f} | {row['images_per_s']:.0f} img/s "
+                 f"{time_split(train, seconds)} | ETA {format_duration(eta)}")
         if self.writer is not None:
             for key, value in row.items():
                 if key != "epoch":
                     self.writer.add_scalar(key, value, epoch)
         if is_best:
-            self.save(best_path,
-                      {"epoch": epoch, "model": self.student.state_dict(), "best_acc": float(self.best_acc),
-                       "accuracy": float(val["acc1"]), "optimizer": self.optimizer.state_dict(),
-                       "config": self.config})  # RepDistiller's best-file keys, plus our options
+            self.store.save(os.path.basename(self.store.best_path),
+                            {"epoch": epoch, "model": self.student.state_dict(), "best_acc": float(self.best_acc),
+                             "accuracy": float(val["acc1"]), "optimizer": self.optimizer.state_dict(),
+                             "config": self.config})  # RepDistiller's best-file keys, plus our options
         if epoch % opt.save_freq == 0:
-            self.save(os.path.join(self.run_dir, f"ckpt_epoch_{epoch}.pth"),
-                      {"epoch": epoch, "model": self.student.state_dict(), "accuracy": float(val["acc1"]),
-                       "optimizer": self.optimizer.state_dict(), "method": self.method.method_state_dict(),
-                       "config": self.config})
-        self.save(self.last_path, self.state(epoch, 0, val["acc1"]))
-        self.last_acc = val
+            self.store.save(f"ckpt_epoch_{epoch}.pth",
+                            {"epoch": epoch, "model": self.student.state_dict(), "accuracy": float(val["acc1"]),
+                             "optimizer": self.optimizer.state_dict(), "method": self.method.method_state_dict(),
+                             "config": self.config})
+        self.save_last(val["acc1"])
 
-    def sync_buffers(self, everything=False):
-        """Give every rank rank 0's buffers (BN statistics), so validation and the saved checkpoint agree.
-
-        Buffers a module declares in `synchronised_buffers` (CRD's memories) are kept equal by the module itself,
-        once they start equal (`everything=True`).
-        """
-        if self.runtime.distributed:
-            for module in self.method.modules():
-                own = () if everything else getattr(module, "synchronised_buffers", ())
-                for name, buffer in module.named_buffers(recurse=False):
-                    if name not in own:
-                        torch.distributed.broadcast(buffer, 0)
-
-    def interrupted(self, interrupt, stop):
-        """Report how to resume after a signal; the resumable checkpoint is already written."""
+    def interrupted(self, stop):
+        """Report on stderr how to resume after a signal; the resumable checkpoint is already written."""
         self.log(f"stopped by signal {stop.signum}; a resumable checkpoint is in {self.last_path}; continue with "
-                 "the same command plus --resume")
+                 "the same command plus --resume", err=True)
         sys.exit(128 + (stop.signum or 15))
 
     def finish(self, seconds):
@@ -315,10 +294,7 @@ class Trainer:
         summary = self.summary(seconds)
         self.log(f"summary: {self.name} best acc@1 {self.best_acc:.2f} last acc@1 {summary['last_acc']:.2f} "
                  f"({self.run_dir})")
-        if self.runtime.is_main:
-            os.makedirs(self.opt.save_root, exist_ok=True)
-            with open(os.path.join(self.opt.save_root, "results.jsonl"), "a") as handle:
-                handle.write(json.dumps(summary) + "\n")
+        self.store.append_result(summary)
         return summary
 
     def summary(self, seconds):
@@ -327,27 +303,55 @@ class Trainer:
         best5 = max((h["test_acc_top5"] for h in self.history if h["test_acc"] == self.best_acc), default=0.0)
         summary = {"run": self.run_dir, **self.record, "best_acc": self.best_acc, "best_acc_top5": best5,
                    "last_acc": last["test_acc"], "last_acc_top5": last["test_acc_top5"],
-                   "epochs": self.opt.epochs, "wall_time_s": round(seconds, 1), "commit": git_commit(),
-                   "config": self.config}
+                   "epochs": self.opt.epochs, "wall_time_s": round(seconds, 1), **time_totals(self.history),
+                   "commit": git_commit(), "config": self.config}
         return summary
 
 
-def make_train_loader(train_set, opt, runtime):
-    """The CPU DataLoader, or with --gpu_data the device-resident loader (CIFAR and Fashion-MNIST)."""
+class MethodState:
+    """The method's own parts (not student, not teacher) as a stateful part of the checkpoint."""
+
+    def __init__(self, method):
+        self.method = method
+
+    def state_dict(self):
+        return self.method.method_state_dict()
+
+    def load_state_dict(self, state):
+        self.method.load_method_state_dict(state)
+
+
+def time_split(train, seconds):
+    """'(data 3% teacher 41% student 22% backward 34%)': the epoch's training time per phase."""
+    parts = [(phase, train.get(f"time/{phase}_s")) for phase in PHASES]
+    if any(value is None for _, value in parts):
+        return ""
+    return "(" + " ".join(f"{phase} {100 * value / max(seconds, 1e-9):.0f}%" for phase, value in parts) + ")"
+
+
+def time_totals(history):
+    """The run's training seconds in all and per phase, summed over the epochs of its history."""
+    totals = {"train_time_s": round(sum(h.get("train_s", 0.0) for h in history), 1)}
+    for phase in PHASES:
+        totals[f"{phase}_time_s"] = round(sum(h.get(f"time/{phase}_s", 0.0) for h in history), 1)
+    return totals
+
+
+def method_scalars(method):
+    """Per-epoch values a method reports (NORM's beta1 weight), for logs and the history."""
+    scalars = getattr(method, "logged_scalars", None)
+    return dict(scalars()) if scalars else {}
+
+
+def make_train_loader(train_set, opt, runtime, batch):
+    """The CPU DataLoader, or with --gpu_data the device-resident loader (CIFAR and Fashion-MNIST); `batch` per process."""
     if getattr(opt, "gpu_data", False):
         try:
-            return device_loader_for(train_set, opt.batch_size, opt.seed, runtime)
+            return device_loader_for(train_set, batch, opt.seed, runtime)
         except ValueError as err:
             raise UsageError(f"--gpu_data: {err}; drop --gpu_data") from None
     workers = worker_count(opt.num_workers, getattr(opt, "official_num_workers", 8), runtime)
-    return train_loader(train_set, opt.batch_size, opt.seed, runtime, workers)
-
-
-def _no_per_step_buffer_sync():
-    """DDP's option for not broadcasting buffers on every forward (renamed in recent PyTorch)."""
-    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
-        return {"forward_sync_buffers": False}
-    return {"broadcast_buffers": False}
+    return train_loader(train_set, batch, opt.seed, runtime, workers)
 
 
 def match_parameter_layouts(optimizer):

@@ -65,7 +65,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tiny_cifar, teacher_file, 
         with pytest.raises(SystemExit) as stopped:
             train_cifar_student.main(argv(tiny_cifar, teacher, tmp_path))
     assert stopped.value.code == 128 + signal.SIGTERM
-    assert "--resume" in capsys.readouterr().out
+    assert "--resume" in capsys.readouterr().err  # the how-to-resume line goes to stderr
     resumed = train_cifar_student.main(argv(tiny_cifar, teacher, tmp_path, "--resume"))
     model, method, optimizer = final_state(resumed)
     assert_same(model, uninterrupted[0])

@@ -1,0 +1,77 @@
+"""The official `--gids` flag: one id picks that GPU; several start DDP over them from the one command (via torchrun)."""
+import os
+import signal
+import subprocess
+import sys
+
+import torch
+
+from .errors import UsageError
+
+
+def parse_gids(text):
+    """'0,1,2' -> [0, 1, 2]; a one-line error for anything else."""
+    try:
+        ids = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        ids = None
+    if not ids or any(i < 0 for i in ids) or len(set(ids)) != len(ids):
+        raise UsageError(f"--gids {text!r}: give distinct GPU ids separated by commas, e.g. --gids 0,1,2,3")
+    return ids
+
+
+def torchrun_command(script, argv, nproc):
+    """The torchrun command that runs `script argv` on `nproc` local processes."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script, *argv]
+
+
+def apply_gids(opt, script, argv, before_spawn=None):
+    """Act on --gids before anything is loaded.
+
+    One id sets `--device cuda:ID`. Several ids, outside torchrun, run this same command under torchrun with one
+    process per id (CUDA_VISIBLE_DEVICES set to the ids, so process k takes the k-th) and exit with its status; this
+    returns only in the process that should train. With --device cpu the ids only count the processes (for tests).
+    `before_spawn` runs first (e.g. releasing the run folder's lock for the processes that will train in it).
+    """
+    if opt.gids is None:
+        return
+    ids = parse_gids(opt.gids)
+    on_cpu = opt.device == "cpu"
+    if not on_cpu:
+        if not torch.cuda.is_available():
+            raise UsageError(f"--gids {opt.gids} names GPUs but no CUDA device is available; drop --gids (or add "
+                             "--device cpu)")
+        count = torch.cuda.device_count()
+        missing = [i for i in ids if i >= count]
+        if missing and "CUDA_VISIBLE_DEVICES" not in os.environ:
+            raise UsageError(f"--gids {opt.gids}: this machine has {count} GPU(s) (ids 0..{count - 1}); choose ids "
+                             "among them")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return  # a process torchrun started: it takes cuda:LOCAL_RANK among the visible ids
+    if len(ids) == 1:
+        if not on_cpu:
+            opt.device = f"cuda:{ids[0]}"
+        return
+    if before_spawn is not None:
+        before_spawn()
+    env = dict(os.environ)
+    if not on_cpu:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in ids)
+    sys.exit(run_forwarding_signals(torchrun_command(script, argv, len(ids)), env))
+
+
+def run_forwarding_signals(command, env):
+    """Run `command`, passing SIGTERM/SIGINT on to it (torchrun then stops its workers, which checkpoint)."""
+    child = subprocess.Popen(command, env=env)
+    previous = {}
+
+    def forward(signum, frame):
+        child.send_signal(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, forward)
+    try:
+        return child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

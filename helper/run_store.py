@@ -1,0 +1,259 @@
+"""The run folder: its lock, config.json, the resume policy, checkpoint writes and the results ledger line."""
+import argparse
+import errno
+import fcntl
+import glob
+import json
+import os
+import subprocess
+
+from .checkpoint import CheckpointWriteError, load_checkpoint, save_atomic, write_text_atomic
+from .errors import UsageError
+
+# Options that may change between an interrupted run and its resumption without changing what is learned.
+# The teacher file may move (its architecture, `model_t`, is still compared).
+OPERATIONAL_OPTIONS = {"resume", "num_workers", "print_freq", "device", "data_root", "download", "progress",
+                       "save_root", "deterministic", "save_freq", "compile", "fused_sgd", "channels_last",
+                       "official_num_workers", "path_t", "gids", "fast_teacher"}
+
+# The loss-weight flags and the names Distiller.weights gives them.
+WEIGHT_OPTIONS = {"gamma": "gamma", "alpha": "alpha", "beta": "beta", "ceta": "logit_scale"}
+
+LOCK_NAME = ".lock"
+TEMP_PATTERN = ".tmp-*"  # what save_atomic and write_text_atomic leave behind when killed mid-write
+
+
+def plain_config(opt):
+    """The options as JSON-compatible plain data."""
+    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else
+                list(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in sorted(vars(opt).items())}
+
+
+def config_differences(saved, current):
+    """Names of the options that differ between a saved run and this command line (operational ones ignored)."""
+    keys = (set(saved) | set(current)) - OPERATIONAL_OPTIONS
+    return sorted(k for k in keys if saved.get(k) != current.get(k))
+
+
+def describe_differences(saved, current, keys):
+    """'k (saved a, now b), ...' for the options `keys`."""
+    return ", ".join(f"{k} (saved {saved.get(k)!r}, now {current.get(k)!r})" for k in keys)
+
+
+def normalise_saved_config(saved, method_cls=None):
+    """A saved config in today's terms: older runs stored per-process batches and left unset loss weights None."""
+    saved = dict(saved)
+    if "batch_size" in saved and "batch_size_per_process" not in saved:
+        # before the batch became global, --batch_size was per process
+        saved["batch_size_per_process"] = saved["batch_size"]
+        saved["batch_size"] = saved["batch_size"] * saved.get("world_size", 1)
+    weights = getattr(method_cls, "weights", None)
+    unset = [k for k in WEIGHT_OPTIONS if k in saved and saved[k] is None]
+    if weights is not None and unset:
+        resolved = weights(argparse.Namespace(**saved))
+        saved.update({k: resolved[WEIGHT_OPTIONS[k]] for k in unset})
+    return saved
+
+
+def git_commit():
+    """The project's current git commit, or None outside a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class RunLock:
+    """An exclusive OS lock (flock) on `<run_dir>/.lock`, held for the run's life; the kernel drops it on any exit."""
+
+    def __init__(self, run_dir):
+        self.path = os.path.join(run_dir, LOCK_NAME)
+        self.handle = None
+
+    def acquire(self):
+        """Take the lock, or a UsageError naming the process that holds it."""
+        if self.handle is not None:
+            return
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise UsageError(f"{os.path.dirname(self.path)} is in use by {holder}; wait for it to finish (or stop "
+                                 "it), or pick another --trial") from None
+            raise
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}\n")
+        handle.flush()
+        self.handle = handle
+
+    def release(self):
+        """Drop the lock (also done by the kernel when the process dies)."""
+        if self.handle is not None:
+            self.handle.close()  # closing the descriptor releases the flock
+            self.handle = None
+
+
+class RunStore:
+    """One run folder: checks before anything loads, the lock, config.json, checkpoints and results.jsonl.
+
+    Only the main process (rank 0) locks and writes; every rank reads and checks.
+    """
+
+    def __init__(self, run_dir, name, *, resume, is_main=True, save_root=None):
+        self.run_dir, self.name, self.resume, self.is_main = run_dir, name, resume, is_main
+        self.save_root = save_root or os.path.dirname(os.path.dirname(run_dir))
+        self.last_path = os.path.join(run_dir, f"{name}_last.pth")
+        self.best_path = os.path.join(run_dir, f"{name}_best.pth")
+        self.lock = RunLock(run_dir)
+
+    # ------------------------------------------------------------------ before anything is loaded
+    def check(self, config=None):
+        """Refuse, before anything is loaded, a command this folder cannot take; creates nothing.
+
+        An existing folder is locked at once, so a second process on it is refused before it loads anything.
+        """
+        if self.is_main and os.path.isdir(self.run_dir):
+            self.lock.acquire()
+        if self.resume and not os.path.isfile(self.last_path):
+            raise UsageError(self._missing_run_message(config))
+        if not self.resume and os.path.isfile(self.last_path):
+            raise UsageError(f"{self.run_dir} already holds a run; add --resume to continue it, or pick another "
+                             "--trial")
+        existing = os.path.abspath(self.run_dir)
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
+            raise UsageError(f"cannot create the run folder {self.run_dir} ({existing} is not a writable folder); "
+                             "choose a writable --save_root")
+        return self.last_path
+
+    def _missing_run_message(self, config):
+        """Why --resume finds no run here: when a sibling run differs only in options named in the folder, say which."""
+        base = f"--resume: {self.last_path} does not exist"
+        sibling = self._closest_sibling(config) if config else None
+        if sibling is None:
+            return f"{base}; start the run without --resume"
+        path, saved, diffs = sibling
+        return (f"{base}, but {os.path.dirname(path)} holds a run of this command with other options: "
+                f"{describe_differences(saved, config, diffs)}; rerun with the saved options to resume it")
+
+    def _closest_sibling(self, config):
+        """(last file, saved config, differing options) of the run beside this one that differs in the fewest options."""
+        best = None
+        for path in glob.glob(os.path.join(os.path.dirname(self.run_dir), "*", f"{self.name}_last.pth")):
+            try:
+                with open(os.path.join(os.path.dirname(path), "config.json")) as handle:
+                    saved = normalise_saved_config(json.load(handle))
+            except (OSError, ValueError):
+                continue
+            if saved.get("trial") != config.get("trial"):
+                continue
+            diffs = config_differences(saved, config)
+            if diffs and (best is None or len(diffs) < len(best[2])):
+                best = (path, saved, diffs)
+        return best
+
+    def read_resumable(self, config, method_cls=None):
+        """The run's last checkpoint, refused when this command line changes what the run learns."""
+        ckpt = load_checkpoint(self.last_path)
+        saved = normalise_saved_config(ckpt.get("config", {}), method_cls)
+        diffs = config_differences(saved, config)
+        if diffs:
+            raise UsageError(f"--resume with a changed configuration: {describe_differences(saved, config, diffs)}; "
+                             "rerun with the saved options, or start a new run with another --trial")
+        return ckpt
+
+    # ------------------------------------------------------------------ the run's life
+    def open(self, config):
+        """Create and lock the folder, clear temporary files a kill left behind, write config.json (new runs)."""
+        if not self.is_main:
+            return
+        try:
+            os.makedirs(self.run_dir, exist_ok=True)
+        except OSError as err:
+            raise UsageError(f"cannot create the run folder {self.run_dir} ({err.strerror}); choose a writable "
+                             "--save_root") from None
+        self.lock.acquire()
+        if not self.resume and os.path.isfile(self.last_path):  # another process finished a run here meanwhile
+            raise UsageError(f"{self.run_dir} already holds a run; add --resume to continue it, or pick another "
+                             "--trial")
+        self.remove_stale_temporaries()
+        if not self.resume:
+            self.write_text("config.json", json.dumps(config, indent=2) + "\n")
+
+    def remove_stale_temporaries(self):
+        """Delete the half-written temporary files of a killed writer (safe: this process holds the lock)."""
+        for path in glob.glob(os.path.join(self.run_dir, TEMP_PATTERN)):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def close(self):
+        """Release the folder."""
+        self.lock.release()
+
+    @property
+    def has_checkpoint(self):
+        """Whether a resumable checkpoint of this run is on disk."""
+        return os.path.isfile(self.last_path)
+
+    def advice(self):
+        """What to do after a failure, true to what is on disk."""
+        if self.has_checkpoint:
+            return f"the last checkpoint {self.last_path} is intact; fix the cause and rerun with --resume"
+        return "no checkpoint of this run was written yet; fix the cause and rerun the command"
+
+    def save(self, filename, payload):
+        """Write a checkpoint atomically (rank 0); a failure says what is left on disk."""
+        if not self.is_main:
+            return
+        try:
+            save_atomic(payload, os.path.join(self.run_dir, filename))
+        except CheckpointWriteError as err:
+            raise CheckpointWriteError(f"{err}; {self.advice()}") from err.__cause__
+
+    def write_text(self, filename, text):
+        """Write a text file of the run atomically, with the same failure message as checkpoints."""
+        try:
+            write_text_atomic(text, os.path.join(self.run_dir, filename))
+        except CheckpointWriteError as err:
+            raise CheckpointWriteError(f"{err}; {self.advice()}") from err.__cause__
+
+    def append_result(self, summary):
+        """Append one JSON line to <save_root>/results.jsonl (one write under a lock, so parallel runs never interleave)."""
+        if not self.is_main:
+            return
+        path = os.path.join(self.save_root, "results.jsonl")
+        line = (json.dumps(summary) + "\n").encode()
+        try:
+            os.makedirs(self.save_root, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                size = os.fstat(fd).st_size
+                try:
+                    if os.write(fd, line) != len(line):
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                except OSError:
+                    os.ftruncate(fd, size)  # no half line: the ledger stays parseable
+                    raise
+            finally:
+                os.close(fd)
+        except OSError as err:
+            raise CheckpointWriteError(f"could not append to {path}: {_reason(err)}; the run's checkpoints in "
+                                       f"{self.run_dir} are complete") from err
+
+
+def _reason(err):
+    """An OSError in a few words, naming a full disk as such."""
+    if err.errno == errno.ENOSPC:
+        return "the disk is full (No space left on device)"
+    return err.strerror or str(err)

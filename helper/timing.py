@@ -1,0 +1,103 @@
+"""Where a training epoch's time goes: data wait, teacher forward, student forward + loss, backward + step.
+
+On CPU the phases are host timers (the work is synchronous). On CUDA they are CUDA events, recorded without waiting
+and read once at the end of the epoch, so the step gains no host synchronisation.
+"""
+import time
+
+import torch
+
+PHASES = ("data", "teacher", "student", "backward")
+
+
+class StepTimer:
+    """Collects per-step phase marks; `totals()` sums them per phase in seconds."""
+
+    def __init__(self, device):
+        self.cuda = device.type == "cuda"
+        self.data_s = 0.0
+        self.steps = []  # per step: (forward start, [(teacher start, teacher end), ...], forward end, step end)
+        self._current = None
+
+    def mark(self):
+        """A point in time on the device's clock (a recorded CUDA event, or a host timestamp)."""
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def add_data_wait(self, seconds):
+        """Host time spent waiting for the next batch (and handing it to the device)."""
+        self.data_s += seconds
+
+    def start_step(self):
+        """The forward pass begins."""
+        self._current = [self.mark(), [], None, None]
+
+    def teacher(self, start, end):
+        """A teacher forward pass of this step ran between the marks `start` and `end`."""
+        if self._current is not None:
+            self._current[1].append((start, end))
+
+    def forward_done(self):
+        """The forward pass (teacher, student and loss) is issued."""
+        self._current[2] = self.mark()
+
+    def end_step(self):
+        """Backward pass and optimizer step are issued."""
+        self._current[3] = self.mark()
+        self.steps.append(self._current)
+        self._current = None
+
+    def _seconds(self, start, end):
+        return start.elapsed_time(end) / 1000 if self.cuda else end - start
+
+    def totals(self):
+        """Seconds per phase over the steps so far (on CUDA one wait for the last event)."""
+        if self.cuda and self.steps:
+            self.steps[-1][3].synchronize()
+        totals = dict.fromkeys(PHASES, 0.0)
+        totals["data"] = self.data_s
+        for start, teacher_spans, forward_end, step_end in self.steps:
+            teacher = sum(self._seconds(a, b) for a, b in teacher_spans)
+            totals["teacher"] += teacher
+            totals["student"] += self._seconds(start, forward_end) - teacher
+            totals["backward"] += self._seconds(forward_end, step_end)
+        return totals
+
+
+class timed_teacher:
+    """Context: while active, `method.teacher_forward` reports its time to `timer` (restored afterwards)."""
+
+    def __init__(self, method, timer):
+        self.method, self.timer = method, timer
+
+    def __enter__(self):
+        original = getattr(self.method, "teacher_forward", None)
+        if original is None or self.timer is None:
+            self.method = None
+            return self
+
+        def teacher_forward(*args, **kwargs):
+            start = self.timer.mark()
+            out = original(*args, **kwargs)
+            self.timer.teacher(start, self.timer.mark())
+            return out
+
+        self.method.teacher_forward = teacher_forward  # an instance attribute shadows the bound method
+        return self
+
+    def __exit__(self, *exc):
+        if self.method is not None:
+            del self.method.teacher_forward
+
+
+def format_duration(seconds):
+    """'2h05m', '7m30s' or '42s'."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
