@@ -43,7 +43,7 @@ def train_loader(dataset, batch_size, seed, runtime, num_workers=8):
     sampler = EpochSampler(len(dataset), seed, True, runtime.rank, runtime.world_size, tag_epoch=True)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       pin_memory=runtime.device.type == "cuda", drop_last=False,
-                      persistent_workers=num_workers > 0)
+                      persistent_workers=num_workers > 0, generator=_loader_generator(seed, runtime.rank))
 
 
 def eval_loader(dataset, batch_size, runtime, num_workers=4):
@@ -51,7 +51,13 @@ def eval_loader(dataset, batch_size, runtime, num_workers=4):
     if runtime.distributed:
         dataset = Subset(dataset, range(runtime.rank, len(dataset), runtime.world_size))
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      pin_memory=runtime.device.type == "cuda")
+                      pin_memory=runtime.device.type == "cuda", generator=_loader_generator(0, runtime.rank))
+
+
+def _loader_generator(seed, rank):
+    """The loader's own generator: each new iterator draws its worker base seed from it, not from the global RNG,
+    so a resumed epoch (which starts a new iterator) leaves the process's RNG stream where the original run had it."""
+    return torch.Generator().manual_seed((seed or 0) * 1009 + rank)
 
 
 def load_datasets(opt, image_size=None, contrast=False):
