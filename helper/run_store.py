@@ -121,6 +121,7 @@ class RunStore:
         """
         if self.is_main and os.path.isdir(self.run_dir):
             self.lock.acquire()
+            self.remove_stale_temporaries()
         if self.resume and not os.path.isfile(self.last_path):
             raise UsageError(self._missing_run_message(config))
         if not self.resume and os.path.isfile(self.last_path):

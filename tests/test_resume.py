@@ -179,3 +179,22 @@ def test_persistent_workers_augment_each_epoch_like_the_main_process(tiny_cifar)
         for a, b in zip(a_epoch, b_epoch):
             for x, y in zip(a, b):
                 assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("method", ["abound", "factor"])
+def test_an_interrupted_init_stage_resumes_bit_exactly(tiny_cifar, teacher_file, tmp_path, monkeypatch, method):
+    teacher = teacher_file("resnet8")
+    args = ["--path_t", teacher, "--data_root", tiny_cifar, "--model_t", "resnet8", "--model_s", "resnet8",
+            "--distill", method, "--init_epochs", "2", "--epochs", "1", "--batch_size", "16", "--num_workers", "0",
+            "--seed", "4", "--deterministic", "--print_freq", "100"]
+    full = final_state(train_cifar_student.main([*args, "--save_root", str(tmp_path / "full")]))
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 6)  # 4 steps per init epoch: the middle of the second one
+        with pytest.raises(SystemExit):
+            train_cifar_student.main([*args, "--save_root", str(tmp_path / "part")])
+    run = next((tmp_path / "part" / "student_model").iterdir())
+    ckpt = load_checkpoint(str(run / "resnet8_last.pth"))
+    assert (ckpt["init_done"], ckpt["init_epoch"], ckpt["init_step"]) == (False, 2, 2)
+    resumed = final_state(train_cifar_student.main([*args, "--save_root", str(tmp_path / "part"), "--resume"]))
+    for got, expected in zip(resumed, full):
+        assert_same(got, expected)

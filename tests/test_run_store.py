@@ -1,0 +1,200 @@
+"""The run folder under faults: a lock against a second process, leftovers of a kill, a full disk, honest advice."""
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train_cifar_student
+import train_cifar_teacher
+from helper import checkpoint, signals
+from helper.checkpoint import load_checkpoint
+from helper.errors import UsageError, run_cli
+from helper.run_store import RunLock
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def teacher_args(tiny_cifar, save, *extra):
+    return ["--model", "resnet8", "--data_root", tiny_cifar, "--save_root", str(save), "--epochs", "1",
+            "--batch_size", "16", "--num_workers", "0", "--seed", "1", "--print_freq", "100", *extra]
+
+
+def run_folder(save):
+    return next((save / "models").iterdir())
+
+
+def test_a_lock_refuses_a_second_holder_and_is_released_by_the_kernel_on_kill(tiny_cifar, tmp_path, capsys):
+    train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path, "--epochs", "2"))
+    run = run_folder(tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+                               "from helper.run_store import RunLock; lock = RunLock(sys.argv[2]); lock.acquire(); "
+                               "print('locked', flush=True); time.sleep(60)", ROOT, str(run)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+        with pytest.raises(UsageError, match=rf"is in use by process {holder.pid}; wait"):
+            train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path, "--epochs", "2", "--resume"))
+        assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # nothing touched
+    finally:
+        holder.kill()  # SIGKILL: no clean-up code runs, the kernel drops the lock
+        holder.wait()
+    summary = train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path, "--epochs", "2", "--resume"))
+    assert summary["run"] == str(run)
+
+
+def test_two_runs_started_at_once_into_one_folder_leave_one_clean_run(tiny_cifar, tmp_path):
+    cmd = [sys.executable, os.path.join(ROOT, "train_cifar_teacher.py"), *teacher_args(tiny_cifar, tmp_path)]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [(p.wait(timeout=300), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _, _ in outs)
+    assert codes == [0, 2], outs
+    refused = next(err for code, _, err in outs if code == 2)
+    assert len(refused.strip().splitlines()) == 1
+    assert "is in use by process" in refused or "already holds a run" in refused
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 1
+    run = run_folder(tmp_path)
+    assert load_checkpoint(str(run / "resnet8_last.pth"))["epoch"] == 1
+    assert not [p for p in os.listdir(run) if p.startswith(".tmp-")]
+
+
+def interrupted_run(tiny_cifar, save, monkeypatch):
+    """A teacher run stopped (as by SIGTERM) after its first step; returns its folder."""
+    with monkeypatch.context() as patch:
+        def should_stop(self, step, runtime, every=20):
+            self.signum = signal.SIGTERM
+            return True
+
+        patch.setattr(signals.StopRequest, "should_stop", should_stop)
+        with pytest.raises(SystemExit):
+            train_cifar_teacher.main(teacher_args(tiny_cifar, save))
+    return run_folder(save)
+
+
+def test_temporary_files_of_a_killed_writer_are_removed_at_the_next_start(tiny_cifar, tmp_path, monkeypatch):
+    run = interrupted_run(tiny_cifar, tmp_path, monkeypatch)
+    (run / ".tmp-k1ll3d.pth").write_bytes(b"half a checkpoint")
+    (run / ".tmp-c0nf1g.json").write_text("{")
+    train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path, "--resume"))
+    assert not [p for p in os.listdir(run) if p.startswith(".tmp-")]
+    assert (run / "resnet8_last.pth").is_file()
+
+
+def disk_full(monkeypatch):
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", no_space)
+
+
+@pytest.mark.parametrize("fail_at", ["config.json", "checkpoint"])
+def test_a_full_disk_before_the_first_checkpoint_says_so_and_does_not_suggest_resume(tiny_cifar, tmp_path,
+                                                                                      monkeypatch, capsys, fail_at):
+    if fail_at == "config.json":
+        disk_full(monkeypatch)
+    else:  # config.json is written, the first checkpoint at the end of epoch 1 is not
+        write = checkpoint.save_atomic
+
+        def failing(obj, path):
+            disk_full(monkeypatch)
+            write(obj, path)
+
+        monkeypatch.setattr("helper.run_store.save_atomic", failing)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train_cifar_teacher.main, teacher_args(tiny_cifar, tmp_path))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert "the disk is full" in err and "no checkpoint of this run was written yet" in err
+    assert "--resume" not in err and "intact" not in err
+
+
+def test_a_full_disk_after_a_checkpoint_keeps_it_and_says_resume(tiny_cifar, tmp_path, monkeypatch, capsys):
+    run = interrupted_run(tiny_cifar, tmp_path, monkeypatch)
+    before = (run / "resnet8_last.pth").read_bytes()
+    capsys.readouterr()
+    disk_full(monkeypatch)
+    with pytest.raises(SystemExit):
+        run_cli(train_cifar_teacher.main, teacher_args(tiny_cifar, tmp_path, "--resume"))
+    err = capsys.readouterr().err
+    assert "the disk is full" in err and "is intact" in err and "--resume" in err
+    assert (run / "resnet8_last.pth").read_bytes() == before
+
+
+def test_a_non_finite_loss_before_any_checkpoint_does_not_claim_one(tiny_cifar, tmp_path, monkeypatch):
+    from distiller_zoo import Vanilla
+    from helper.engine import NonFiniteLoss
+
+    forward = Vanilla.forward
+
+    def poisoned(self, images, targets, index=None, contrast_index=None):
+        logits, losses = forward(self, images, targets, index, contrast_index)
+        return logits, {"ce": losses["ce"] * float("inf")}
+
+    monkeypatch.setattr(Vanilla, "forward", poisoned)
+    with pytest.raises(NonFiniteLoss) as refused:
+        train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path))
+    assert "no checkpoint was written" in str(refused.value) and "--resume" not in str(refused.value)
+    assert "--trial" in str(refused.value)
+
+
+def test_resume_with_a_changed_folder_name_option_names_it(tiny_cifar, teacher_file, tmp_path, monkeypatch):
+    args = ["--path_t", teacher_file("resnet8"), "--model_t", "resnet8", "--model_s", "resnet8", "--data_root",
+            tiny_cifar, "--save_root", str(tmp_path), "--epochs", "1", "--batch_size", "16", "--num_workers", "0",
+            "--seed", "2", "-s", "2"]
+    train_cifar_student.main(args)
+    changed = [*args, "-s", "4", "--resume"]
+    with pytest.raises(UsageError, match=r"co_sponge \(saved 2, now 4\).*rerun with the saved options"):
+        train_cifar_student.main(changed)
+    assert len(list((tmp_path / "student_model").iterdir())) == 1  # no folder made for the mistyped run
+
+
+def test_sigterm_line_goes_to_stderr(tiny_cifar, tmp_path, monkeypatch, capsys):
+    def should_stop(self, step, runtime, every=20):
+        self.signum = signal.SIGTERM
+        return True
+
+    monkeypatch.setattr(signals.StopRequest, "should_stop", should_stop)
+    with pytest.raises(SystemExit):
+        train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path))
+    captured = capsys.readouterr()
+    assert "--resume" in captured.err and "--resume" not in captured.out
+
+
+class InfOnFirstStep(torch.nn.Module):
+    """A linear classifier whose loss is infinite on its first step only."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 3)
+        self.calls = 0
+
+    def forward(self, images, targets, index=None, contrast_index=None):
+        self.calls += 1
+        logits = self.fc(images)
+        loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+        return logits, {"ce": loss * float("inf") if self.calls == 1 else loss}
+
+
+def test_an_overflow_the_fp16_scaler_skips_is_not_a_non_finite_loss():
+    from helper.engine import NonFiniteLoss, train_one_epoch
+    from helper.runtime import Runtime
+
+    batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(3)]
+    runtime = Runtime(torch.device("cpu"), amp_dtype=torch.float16)
+    model = InfOnFirstStep()
+    before = model.fc.weight.detach().clone()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = train_one_epoch(model, batches, optimizer, runtime, 1, scaler=runtime.grad_scaler(), progress=False,
+                            timing=False)
+    assert stats["skipped_steps"] >= 1 and torch.isfinite(torch.tensor(stats["loss/ce"]))
+    assert not torch.equal(model.fc.weight, before)  # the later steps were applied
+    with pytest.raises(NonFiniteLoss, match="step 1 in term"):  # without a scaler the same step is applied
+        model = InfOnFirstStep()
+        train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.1), Runtime(torch.device("cpu")),
+                        1, progress=False)
