@@ -2,7 +2,7 @@
 # The NORM paper's Table 3 on ImageNet with DDP under torchrun: resnet34 -> resnet18S (-r 1), resnet50 -> MobileNet
 # (-r 0.125), and resnet50 -> resnet50_4S (-r 1; not given officially, the released model's row of Table 6),
 # every run with --distill NORM -a 0 -b 1 -s 8 --lr_decay cos and the official 256 images per step
-# (8 GPUs x 32 by default). The teachers are torchvision's V1 weights: scripts/fetch_pretrained_imagenet_teacher.sh.
+# (--batch_size is the global batch: 8 GPUs x 32 by default). The teachers are torchvision's V1 weights: scripts/fetch_pretrained_imagenet_teacher.sh.
 #
 # usage: bash scripts/train_imagenet_norm.sh [--dry-run] [EXTRA_ARGS ...]
 #   EXTRA_ARGS go last to every train_imagenet_student.py call (so they override), e.g. --data_root /data/imagenet,
@@ -11,7 +11,7 @@
 # env: NPROC        processes (GPUs) per node (default 8)
 #      NNODES       nodes (default 1); with more than one, run the script on every node with its NODE_RANK
 #      NODE_RANK    this node's rank (default 0); MASTER_ADDR (required when NNODES > 1), MASTER_PORT (default 29500)
-#      BATCH_SIZE   images per process and step (default 256 / (NPROC x NNODES), i.e. 32 on 8 GPUs)
+#      BATCH_SIZE   images per step over all processes (default the paper's 256; it must divide by NPROC x NNODES)
 #      ONLY         pairs to run as teacher:student (default all three), e.g. ONLY=resnet50:MobileNet
 #      TRIALS       trial names (default 1)
 #      TEACHER_DIR  folder of <name>_imagenet_vanilla/<torchvision file> (default save/models)
@@ -28,11 +28,8 @@ TEACHER_DIR="${TEACHER_DIR:-save/models}"
 read -r -a trials <<<"${TRIALS:-1}"
 read -r -a only <<<"${ONLY:-}"
 world=$((NPROC * NNODES))
-if [[ -z "${BATCH_SIZE:-}" ]]; then
-    BATCH_SIZE=$((256 / world))
-    ((BATCH_SIZE * world == 256)) || say "note: $world processes x $BATCH_SIZE = $((BATCH_SIZE * world)) images per" \
-        "step, not the paper's 256 (set BATCH_SIZE, and maybe --learning_rate)"
-fi
+BATCH_SIZE="${BATCH_SIZE:-256}"
+((BATCH_SIZE % world == 0)) || die "BATCH_SIZE=$BATCH_SIZE (the global batch) does not divide over $world processes"
 
 launcher=("${TORCHRUN:-torchrun}" "--nproc_per_node=$NPROC")
 if ((NNODES > 1)); then
@@ -63,7 +60,7 @@ for trial in "${trials[@]}"; do
         if [[ "$DRY_RUN" != 1 && ! -f "$path_t" ]]; then
             die "teacher weights $path_t not found; run: bash scripts/fetch_pretrained_imagenet_teacher.sh $t"
         fi
-        say "=== $t -> $s NORM trial $trial on $world processes x $BATCH_SIZE images ==="
+        say "=== $t -> $s NORM trial $trial: global batch $BATCH_SIZE = $world x $((BATCH_SIZE / world)) ==="
         run "${launcher[@]}" train_imagenet_student.py --path_t "$path_t" --model_t "$t" --model_s "$s" \
             --distill NORM -r "$r" -a 0 -b 1 -s 8 --lr_decay cos --batch_size "$BATCH_SIZE" --trial "$trial" "$@"
     done

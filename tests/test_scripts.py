@@ -1,10 +1,12 @@
 """The helper scripts in scripts/: dry runs print the paper's commands, fetchers work offline, the summary's numbers."""
+import functools
 import json
 import os
 import re
 import subprocess
 import sys
 import tarfile
+import tempfile
 
 import pytest
 
@@ -36,10 +38,19 @@ def no_network(tmp_path):
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}", "calls": tmp_path / "network_calls"}
 
 
+@functools.lru_cache(maxsize=None)
+def this_python_as_python3():
+    """A folder whose `python3` is the interpreter running the tests (a venv's, even when it is not activated)."""
+    folder = tempfile.mkdtemp(prefix="python3-")
+    os.symlink(sys.executable, os.path.join(folder, "python3"))
+    return folder
+
+
 def sh(script, *args, env=None, timeout=60):
-    """Run scripts/<script> with bash; returns the CompletedProcess (text)."""
+    """Run scripts/<script> with bash (their `python3` is this interpreter); returns the CompletedProcess (text)."""
     full_env = {k: v for k, v in os.environ.items() if k not in ENV_KEYS}
     full_env.update(env or {})
+    full_env["PATH"] = f"{this_python_as_python3()}:{full_env.get('PATH', os.defpath)}"
     return subprocess.run(["bash", os.path.join(SCRIPTS, script), *args], cwd=ROOT, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -129,7 +140,7 @@ def test_train_imagenet_norm_dry_run():
         r, file = expected.pop((t, s))
         assert flag(line, "-r") == r
         assert flag(line, "--path_t") == f"save/models/{t}_imagenet_vanilla/{file}"
-        assert "--distill NORM -r" in line and "-a 0 -b 1 -s 8 --lr_decay cos --batch_size 32 --trial 1" in line
+        assert "--distill NORM -r" in line and "-a 0 -b 1 -s 8 --lr_decay cos --batch_size 256 --trial 1" in line
         assert line.endswith("--data_root /data/imagenet")
     assert not expected
 
@@ -142,9 +153,11 @@ def test_train_imagenet_norm_multi_node_and_batch():
     line, = out.stdout.splitlines()
     assert line.startswith("torchrun --nproc_per_node=4 --nnodes=2 --node_rank=1 --master_addr=10.0.0.1 "
                            "--master_port=1234 train_imagenet_student.py ")
-    assert flag(line, "--batch_size") == "32"  # 2 nodes x 4 x 32 = 256
+    assert flag(line, "--batch_size") == "256"  # the global batch: 2 nodes x 4 x 32
     out = sh("train_imagenet_norm.sh", "--dry-run", env={"NPROC": "2", "ONLY": "resnet34:resnet18S"})
-    assert flag(out.stdout, "--batch_size") == "128"
+    assert flag(out.stdout, "--batch_size") == "256"
+    out = sh("train_imagenet_norm.sh", "--dry-run", env={"NPROC": "3", "ONLY": "resnet34:resnet18S"})
+    assert out.returncode == 1 and "does not divide over 3 processes" in out.stderr
     out = sh("train_imagenet_norm.sh", "--dry-run", env={"NNODES": "2"})
     assert out.returncode == 1 and "MASTER_ADDR" in out.stderr
 
