@@ -39,6 +39,10 @@ class Vanilla(nn.Module):
     def set_epoch(self, epoch):
         """Hook for weight schedules; nothing to do here."""
 
+    def logged_scalars(self):
+        """Per-epoch values worth logging beside the losses (a schedule's weight); none here."""
+        return {}
+
     def method_state_dict(self):
         """State of the method's own parts (none)."""
         return {}

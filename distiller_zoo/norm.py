@@ -116,6 +116,10 @@ class NORM(Distiller):
         if self.schedule == "official":
             self.schedule_weight = norm_schedule_weight(epoch, self.epochs, self.schedule_kind)
 
+    def logged_scalars(self):
+        """The epoch's beta1 (the NORM loss weight from the schedule), for the logs and the run history."""
+        return {"beta1": self.schedule_weight}
+
     def feature_losses(self, feat_s, feat_t, logits_s, logits_t, index, contrast_index):
         loss = norm_loss(matched_feature(feat_s), matched_feature(feat_t))
         return {"norm": self.beta * self.schedule_weight * loss}

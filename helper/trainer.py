@@ -339,8 +339,7 @@ def time_totals(history):
 
 def method_scalars(method):
     """Per-epoch values a method reports (NORM's beta1 weight), for logs and the history."""
-    scalars = getattr(method, "logged_scalars", None)
-    return dict(scalars()) if scalars else {}
+    return dict(method.logged_scalars()) if hasattr(method, "logged_scalars") else {}
 
 
 def make_train_loader(train_set, opt, runtime, batch):
