@@ -59,9 +59,14 @@ def save_atomic(obj, path):
     _write_atomic(path, lambda handle: torch.save(obj, handle))
 
 
+def write_bytes_atomic(data, path):
+    """Write `data` (bytes) to `path` atomically, as save_atomic does for checkpoints."""
+    _write_atomic(path, lambda handle: handle.write(data))
+
+
 def write_text_atomic(text, path):
     """Write `text` to `path` atomically, as save_atomic does for checkpoints."""
-    _write_atomic(path, lambda handle: handle.write(text.encode()))
+    write_bytes_atomic(text.encode(), path)
 
 
 def _umask():

@@ -1,7 +1,8 @@
-"""Evaluate a saved student (ours, or an officially released NORM checkpoint with --official) without training.
+"""Evaluate a saved student (ours, an officially released NORM checkpoint with --official, or an exported .onnx).
 
 python scripts/evaluate_student.py --path save/student_model/<run>/resnet8x4_best.pth [--json]
 python scripts/evaluate_student.py --official --path resnet8x4_norm.pth --model_s resnet8x4 -s 8
+python scripts/evaluate_student.py --path resnet8x4.onnx      # ONNX Runtime on CPU; dataset from the file
 """
 import json
 import os
@@ -11,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset import build_dataset, num_classes  # noqa: E402
 from helper.checkpoint import load_checkpoint  # noqa: E402
+from helper.deploy import OnnxStudent  # noqa: E402
 from helper.data import eval_loader, worker_count  # noqa: E402
 from helper.engine import validate  # noqa: E402
 from helper.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
@@ -25,7 +27,7 @@ DEFAULT_WORKERS = 4
 def parser():
     """Flags of the evaluator."""
     p = ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--path", required=True, help="student checkpoint")
+    p.add_argument("--path", required=True, help="student checkpoint, or an .onnx file from export_student.py")
     p.add_argument("--model_s", default=None, help="architecture (default: from the checkpoint's config)")
     p.add_argument("--dataset", default=None, choices=["cifar100", "cifar10", "fashion_mnist", "imagenet"],
                    help="dataset (default: from the checkpoint's config, else cifar100)")
@@ -40,13 +42,15 @@ def parser():
     p.add_argument("--batch_size", type=positive_int, default=128)
     p.add_argument("--num_workers", type=non_negative_int, default=None,
                    help=f"data-loading workers (default: {DEFAULT_WORKERS}, capped by the CPUs available)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (.onnx files run on the CPU)")
     p.add_argument("--json", action="store_true", help="also print one JSON line with the results")
     return p
 
 
 def output_count(model):
-    """The number of classes `model` predicts (the rows of its classifier)."""
+    """The number of classes `model` predicts (the rows of its classifier, or the ONNX model's output width)."""
+    if isinstance(model, OnnxStudent):
+        return model.num_classes
     return model.get_submodule(model.classifier_name).weight.shape[0]
 
 
@@ -74,19 +78,58 @@ def validation_set(model, opt, dataset, root, config):
     return val
 
 
-def evaluate(opt):
-    """Load, evaluate and return the metrics dict."""
-    runtime = setup_runtime(opt.device)
+def load_onnx(opt):
+    """(model run by ONNX Runtime, info, config from the file's metadata) of an exported .onnx student."""
+    given = [flag for flag, value in (("--official", opt.official), ("-s", opt.co_sponge), ("--ft", opt.ft),
+                                      ("--model_s", opt.model_s)) if value]
+    if given:
+        raise UsageError(f"{', '.join(given)} apply to .pth checkpoints; an .onnx file holds its deployed model: "
+                         "drop them")
+    if opt.device not in ("auto", "cpu"):
+        raise UsageError(f"an .onnx file runs on ONNX Runtime's CPU provider; drop --device {opt.device}")
+    if not os.path.isfile(opt.path):
+        raise UsageError(f"{opt.path} does not exist; check the path")
+    try:
+        model = OnnxStudent(opt.path)
+    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own classes for unreadable files
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"cannot read {opt.path} as an ONNX model ({reason[:200]}); export it again with "
+                         "scripts/export_student.py --onnx") from None
+    if opt.image_size and model.image_size and opt.image_size != model.image_size:
+        raise UsageError(f"{opt.path} takes {model.image_size}x{model.image_size} inputs; drop --image_size or "
+                         "export the student again at that size")
+    config = {"dataset": model.metadata.get("dataset"), "image_size": model.image_size}
+    saved = model.metadata.get("saved_accuracy")
+    info = {"model_s": model.metadata.get("model_s", os.path.basename(opt.path)),
+            "saved_accuracy": float(saved) if saved not in (None, "", "None") else None}
+    return model, info, config
+
+
+def load_checkpoint_student(opt):
+    """(PyTorch student, info, config) of a .pth checkpoint (ours, a folded export, or an official release)."""
     checkpoint = load_checkpoint(opt.path)
     config = checkpoint_config(checkpoint)
-    dataset = opt.dataset or config.get("dataset") or "cifar100"
+    dataset = opt.dataset or config.get("dataset")
     model_s = opt.model_s or config.get("model_s") or config.get("model")
     zoo = imagenet_model_dict if dataset == "imagenet" or model_s in imagenet_model_dict else model_dict
-    root = opt.data_root or ("./data/imagenet" if dataset == "imagenet" else "./data")
     model, info = load_student(zoo, checkpoint, opt.path, model_s=model_s, n=opt.co_sponge, ft=opt.ft,
                                official=opt.official)
     if config.get("norm_variant") and hasattr(model, "prepare_norm_student"):
         model.prepare_norm_student()  # a folded export of NORM's MobileNetV2 variant: no key says so
+    return model, info, config
+
+
+def evaluate(opt):
+    """Load, evaluate and return the metrics dict."""
+    onnx = opt.path.lower().endswith(".onnx")
+    if onnx:
+        model, info, config = load_onnx(opt)
+    else:
+        model, info, config = load_checkpoint_student(opt)
+    runtime = setup_runtime("cpu" if onnx else opt.device)
+    dataset = opt.dataset or config.get("dataset") or ("imagenet" if info["model_s"] in imagenet_model_dict
+                                                       else "cifar100")
+    root = opt.data_root or ("./data/imagenet" if dataset == "imagenet" else "./data")
     val = validation_set(model, opt, dataset, root, config)
     workers = worker_count(opt.num_workers, DEFAULT_WORKERS, runtime)
     metrics = validate(runtime.to_device(model), eval_loader(val, opt.batch_size, runtime, workers), runtime)

@@ -1,7 +1,10 @@
-"""Fold a NORM student's feature transform into its classifier: a plain architecture with the same logits.
+"""Export a NORM student for deployment: its feature transform folded away, as a .pth and/or an ONNX model.
 
-python scripts/export_student.py --path save/student_model/<run>/resnet8x4_best.pth --out resnet8x4_folded.pth
-The output loads strictly into `models.model_dict[model_s](num_classes=...)` (RepDistiller's {'model': ...} format).
+python scripts/export_student.py --path save/student_model/<run>/resnet8x4_best.pth --out resnet8x4_deploy.pth
+python scripts/export_student.py --path <run>/resnet8x4_best.pth --onnx resnet8x4.onnx --report --model_t resnet32x4
+The .pth loads strictly into `models.model_dict[model_s](num_classes=...)` (RepDistiller's {'model': ...} format);
+the .onnx has a dynamic batch axis. Every output is checked on a fixed batch of images in the dataset's test format
+against the student with its transform (the .onnx by ONNX Runtime on CPU) and written only when it agrees.
 """
 import os
 import sys
@@ -10,93 +13,175 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from helper.checkpoint import load_checkpoint, save_atomic  # noqa: E402
+from helper import deploy  # noqa: E402
+from helper.checkpoint import load_checkpoint, model_state, save_atomic, write_bytes_atomic  # noqa: E402
 from helper.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
-from helper.model_loading import build_model, checkpoint_config, load_student  # noqa: E402
+from helper.model_loading import build_model, checkpoint_config, load_model_state, load_student  # noqa: E402
 from helper.options import positive_int  # noqa: E402
 from models import imagenet_model_dict, model_dict  # noqa: E402
-from models.norm import fold_transform_into_classifier  # noqa: E402
+
+FORMATS = ("pt", "onnx", "both")
 
 
 def parser():
     """Flags of the exporter."""
     p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--path", required=True, help="student checkpoint with a feature transform")
-    p.add_argument("--out", required=True, help="where to write the folded checkpoint")
+    p.add_argument("--out", default=None, help="where to write the folded .pth checkpoint")
+    p.add_argument("--onnx", default=None, help="where to write the ONNX model")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="what to write (default: what --out/--onnx name; 'both' derives a missing name from the other)")
     p.add_argument("--model_s", default=None, help="architecture (default: from the checkpoint's config)")
     p.add_argument("-s", "--co-sponge", dest="co_sponge", type=positive_int, default=None, help="N of the transform")
     p.add_argument("--ft", choices=["residual", "plain"], default=None, help="transform variant")
     p.add_argument("--official", action="store_true", help="the file is an official NORM release (convert keys)")
+    p.add_argument("--dataset", default=None, choices=["cifar100", "cifar10", "fashion_mnist", "imagenet"],
+                   help="input format of the check and of the export (default: the checkpoint's)")
+    p.add_argument("--image_size", type=positive_int, default=None,
+                   help="ImageNet input size (default: the run's, else 224)")
+    p.add_argument("--report", action="store_true",
+                   help="print parameters and FLOPs of the teacher, the student with FT and the deployed student")
+    p.add_argument("--model_t", default=None, help="teacher architecture for --report (default: the run's)")
+    p.add_argument("--path_t", default=None, help="teacher checkpoint for --report (instead of --model_t)")
     return p
-
-
-def relative_difference(plain, model, x):
-    """max|plain(x) - model(x)| relative to the largest logit magnitude (at least 1)."""
-    with torch.no_grad():
-        reference = model(x)
-        difference = (plain(x) - reference).abs().max().item()
-    return difference / max(1.0, reference.abs().max().item())
 
 
 def exported_config(config, info, opt, variant, imagenet):
     """The folded file's config: what evaluate_student.py needs to run it without extra flags."""
     exported = {"model": info["model_s"], "folded_from": opt.path, "norm_variant": variant}
     exported.update({key: config[key] for key in ("dataset", "image_size") if config.get(key) is not None})
+    exported.update({key: getattr(opt, key) for key in ("dataset", "image_size") if getattr(opt, key, None)})
     if imagenet:  # official ImageNet releases carry no config, but their architecture says it
         exported.setdefault("dataset", "imagenet")
     return exported
 
 
-def prepare_out(path):
-    """Create the folder of --out when it is missing."""
-    if os.path.isdir(path):
-        raise UsageError(f"--out {path} is a folder; give a file name, e.g. {os.path.join(path, 'student.pth')}")
+def output_paths(opt):
+    """(pt path or None, onnx path or None) from --out, --onnx and --format."""
+    fmt = opt.format or ("both" if opt.out and opt.onnx else "onnx" if opt.onnx else "pt" if opt.out else None)
+    if fmt is None:
+        if opt.report:
+            return None, None
+        raise UsageError("nothing to export: give --out FILE.pth and/or --onnx FILE.onnx (or --report)")
+    pt, onnx = opt.out, opt.onnx
+    if fmt == "both":
+        pt = pt or os.path.splitext(onnx)[0] + ".pth"
+        onnx = onnx or os.path.splitext(pt)[0] + ".onnx"
+    elif fmt == "pt" and (onnx or not pt):
+        raise UsageError("--format pt writes --out FILE.pth only; " + ("drop --onnx" if onnx else "give --out"))
+    elif fmt == "onnx" and (pt or not onnx):
+        raise UsageError("--format onnx writes --onnx FILE.onnx only; " + ("drop --out" if pt else "give --onnx"))
+    if pt and onnx and os.path.abspath(pt) == os.path.abspath(onnx):
+        raise UsageError(f"--out and --onnx name the same file {pt}; give two names")
+    for path, flag in ((pt, "--out"), (onnx, "--onnx")):
+        if path and os.path.isdir(path):
+            raise UsageError(f"{flag} {path} is a folder; give a file name, e.g. {os.path.join(path, 'student')}")
+    return pt, onnx
+
+
+def prepare_out(path, flag="--out"):
+    """Create the folder of an output file when it is missing."""
     folder = os.path.dirname(os.path.abspath(path))
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
-        raise UsageError(f"cannot create the folder {folder} for --out ({err.strerror or err}); "
-                         "choose a writable --out") from None
+        raise UsageError(f"cannot create the folder {folder} for {flag} ({err.strerror or err}); "
+                         f"choose a writable {flag}") from None
+
+
+def report_teacher(opt, config, zoo, num_classes):
+    """(name, model) of the teacher for --report: --path_t's weights, else --model_t (or the run's) built randomly."""
+    from helper.distill_run import infer_teacher_name
+
+    if opt.path_t:
+        state = model_state(load_checkpoint(opt.path_t), opt.path_t)
+        name = opt.model_t or infer_teacher_name(zoo, state, opt.path_t, num_classes)
+        return name, load_model_state(zoo, name, state, opt.path_t, num_classes, "--model_t")
+    name = opt.model_t or config.get("model_t")
+    if not name:
+        raise UsageError("--report needs the teacher: pass --model_t NAME (its cost does not depend on its weights) "
+                         "or --path_t FILE")
+    return name, build_model(zoo, name, num_classes, "--model_t")
+
+
+def cost_report(opt, config, zoo, model, deployed, name, image_size):
+    """The markdown table of parameters and FLOPs (batch 1) of teacher, student with FT and deployed student."""
+    num_classes = model.get_submodule(model.classifier_name).weight.shape[0]
+    teacher_name, teacher = report_teacher(opt, config, zoo, num_classes)
+    shape = (1, 3, image_size, image_size)
+    kept = " + FT as one 1x1 conv" if deployed.kind == "kept_ft" else ""
+    rows = deploy.cost_rows([(teacher_name, "teacher", teacher),
+                             (name, "student as trained (with FT)", model),
+                             (name + kept, "deployed student", deployed.module)], shape)
+    return deploy.cost_table(rows, shape)
 
 
 def export(opt):
-    """Fold, verify on a random batch, write; returns the largest relative logit difference and the variant flag."""
+    """Load, build the deployed model, verify every requested output, write them; returns what to print."""
+    pt_path, onnx_path = output_paths(opt)
     checkpoint = load_checkpoint(opt.path)
     config = checkpoint_config(checkpoint)
     model_s = opt.model_s or config.get("model_s") or config.get("model")
     zoo = imagenet_model_dict if model_s in imagenet_model_dict else model_dict
+    imagenet = zoo is imagenet_model_dict
     model, info = load_student(zoo, checkpoint, opt.path, model_s=model_s, n=opt.co_sponge, ft=opt.ft,
-                                    official=opt.official)
+                               official=opt.official)
     model.eval()
-    if model.feature_transform is not None and not getattr(model, "transform_foldable", False):
-        raise UsageError(f"{info['model_s']}: its transform sits before the final BatchNorm+ReLU, so it cannot be "
-                         "folded into the classifier; deploy the checkpoint as it is (one extra 1x1 conv)")
-    folded = fold_transform_into_classifier(model)
-    num_classes = folded[model.classifier_name + ".weight"].shape[0]
-    plain = build_model(zoo, info["model_s"], num_classes, "--model_s")
-    variant = getattr(model, "norm_student", False)
-    if variant:
-        plain.prepare_norm_student()
-    plain.load_state_dict(folded, strict=True)
-    plain.eval()
-    size = 224 if zoo is imagenet_model_dict else 32
-    x = torch.randn(4, 3, size, size)
-    error = relative_difference(plain, model, x)
-    prepare_out(opt.out)
-    save_atomic({"model": folded, "epoch": None, "accuracy": info["saved_accuracy"],
-                 "config": exported_config(config, info, opt, variant, zoo is imagenet_model_dict)}, opt.out)
-    return error, variant
+    name = info["model_s"]
+    foldable = model.feature_transform is None or getattr(model, "transform_foldable", False)
+    if pt_path and not foldable:
+        raise UsageError(f"{name}: its transform sits before the final BatchNorm+ReLU, so it cannot be folded into "
+                         "the classifier and no plain .pth exists; export it with --onnx FILE.onnx (the transform "
+                         "kept as one 1x1 convolution) or deploy the checkpoint as it is")
+    dataset = deploy.input_dataset(opt.dataset or config.get("dataset"), imagenet)
+    image_size = (opt.image_size or config.get("image_size") or 224) if dataset == "imagenet" else 32
+    images = deploy.verification_batch(dataset, image_size)
+    with torch.no_grad():
+        reference = model(images)
+        deployed = deploy.deployed_student(model, zoo, name)
+        lines = []
+        if not foldable:
+            conv = deployed.module.feature_transform.conv
+            lines.append(f"note: {name}'s transform cannot be folded into the classifier (it sits before the final "
+                         f"BatchNorm+ReLU): the ONNX model keeps it as one {conv.in_channels}->{conv.out_channels} "
+                         "1x1 convolution with bias (both BatchNorms and the identity folded in)")
+        variant = getattr(model, "norm_student", False)
+        exported = exported_config(config, info, opt, variant, imagenet)
+        pt_check = onnx_check = data = None
+        if pt_path:
+            pt_check = deploy.require(deploy.compare(reference, deployed.module(images)), deploy.FOLD_TOLERANCE,
+                                      "the folded .pth model")
+        if onnx_path:
+            metadata = {**{("model_s" if key == "model" else key): value for key, value in exported.items()},
+                        "num_classes": reference.shape[1], "deployed": deployed.kind,
+                        "saved_accuracy": info["saved_accuracy"]}
+            data = deploy.onnx_bytes(deployed.module, images[:2], metadata)
+            onnx_check = deploy.require(deploy.check_onnx(data, images, reference), deploy.ONNX_TOLERANCE,
+                                        "ONNX Runtime on the exported model")
+    if pt_path:  # written only after every requested output passed its check
+        prepare_out(pt_path, "--out")
+        save_atomic({"model": deployed.state, "epoch": None, "accuracy": info["saved_accuracy"],
+                     "config": exported}, pt_path)
+        lines.append(f"wrote {pt_path}; {deploy.describe(pt_check, deploy.FOLD_TOLERANCE)}")
+    if onnx_path:
+        prepare_out(onnx_path, "--onnx")
+        write_bytes_atomic(data, onnx_path)
+        lines.append(f"wrote {onnx_path} (ONNX opset {deploy.OPSET}, dynamic batch axis, checked by ONNX Runtime "
+                     f"on CPU at batch {images.shape[0]} and 1); {deploy.describe(onnx_check, deploy.ONNX_TOLERANCE)}")
+    if variant and pt_path:
+        lines.append("note: load the .pth into MobileNetV2(num_classes=..., norm_student=True), NORM's student "
+                     "variant without ReLU after conv1 and conv2")
+    if opt.report:
+        lines.append(cost_report(opt, config, zoo, model, deployed, name, image_size))
+    errors = [check.error for check in (pt_check, onnx_check) if check is not None]
+    return lines, max(errors) if errors else None
 
 
 def main(argv=None):
-    """Entry point."""
+    """Entry point; returns the largest relative logit difference of the outputs written (None for --report only)."""
     opt = parser().parse_args(argv)
-    error, variant = export(opt)
-    print(f"wrote {opt.out}; largest logit difference to the unfolded student, relative to its largest logit: "
-          f"{error:.2e}")
-    if variant:
-        print("note: load it into MobileNetV2(num_classes=..., norm_student=True), NORM's student variant "
-              "without ReLU after conv1 and conv2")
+    lines, error = export(opt)
+    print("\n".join(lines))
     return error
 
 
