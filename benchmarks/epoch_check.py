@@ -44,24 +44,48 @@ def parse_args(argv=None):
     p.add_argument("--fashion_epochs", type=positive_int, default=3, help="epochs of each accuracy run")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--fast_flags", default=" ".join(FAST), help=f"the fast path's flags (default: {' '.join(FAST)})")
+    p.add_argument("--num_workers", type=non_negative_int, default=None,
+                   help="loader workers of every run (default: the scripts' own, the official count capped by the CPUs)")
+    p.add_argument("--in_process", action="store_true",
+                   help="run the scripts inside this process (no isolation between runs: for quick CPU checks)")
     return p.parse_args(argv)
 
 
-def run_script(script, args, log_path):
-    """Run one training script as a child process; its summary (the last results.jsonl line it appended)."""
+def run_script(script, args, log_path, in_process=False):
+    """Run one training script as a child process (or in this one); its summary (the results.jsonl line it added)."""
     save_root = args[args.index("--save_root") + 1]
     results = os.path.join(save_root, "results.jsonl")
     before = os.path.getsize(results) if os.path.exists(results) else 0
     with open(log_path, "w") as log:
-        done = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, stdout=log,
-                              stderr=subprocess.STDOUT)
-    if done.returncode != 0:
+        if in_process:
+            returncode = run_in_process(script, args, log)
+        else:
+            returncode = subprocess.run([sys.executable, os.path.join(ROOT, script), *args], cwd=ROOT, stdout=log,
+                                        stderr=subprocess.STDOUT).returncode
+    if returncode != 0:
         with open(log_path) as log:
             tail = "".join(log.readlines()[-15:])
-        raise RuntimeError(f"{script} {' '.join(args)} failed with exit code {done.returncode}:\n{tail}")
+        raise RuntimeError(f"{script} {' '.join(args)} failed with exit code {returncode}:\n{tail}")
     with open(results) as handle:
         handle.seek(before)
         return json.loads(handle.read().splitlines()[-1])
+
+
+def run_in_process(script, args, log):
+    """Call the script's main(args) with its output in `log`; its exit status."""
+    import contextlib
+    import importlib
+
+    module = importlib.import_module(os.path.splitext(script)[0])
+    with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        try:
+            module.main(args)
+        except SystemExit as stop:
+            return stop.code or 0
+        except Exception as err:  # noqa: BLE001 - reported like a child's failure
+            print(f"{type(err).__name__}: {err}")
+            return 1
+    return 0
 
 
 def epoch_times(summary, model_s):
@@ -70,6 +94,11 @@ def epoch_times(summary, model_s):
 
     history = load_checkpoint(os.path.join(summary["run"], f"{model_s}_last.pth"))["history"]
     return [row["train_s"] for row in history]
+
+
+def shared_flags(opt):
+    """Flags every run gets, reference and fast alike."""
+    return ["--num_workers", str(opt.num_workers)] if opt.num_workers is not None else []
 
 
 def write_teacher(path, name, num_classes, seed):
@@ -97,8 +126,9 @@ def epoch_check(opt, fast):
         args = ["--path_t", path_t, "--model_t", teacher, "--model_s", student, "--distill", "NORM", "-r", "0.1",
                 "-a", "0", "-b", "1", "-s", "8", "--data_root", data, "--save_root", os.path.join(opt.out, "save"),
                 "--epochs", str(opt.epochs), "--seed", str(opt.seed), "--device", opt.device, "--print_freq", "1000",
-                "--trial", f"epoch_{name}_{int(time.time())}", *flags]
-        summary = run_script("train_cifar_student.py", args, os.path.join(opt.out, f"epoch_{name}.log"))
+                "--trial", f"epoch_{name}_{int(time.time())}", *flags, *shared_flags(opt)]
+        summary = run_script("train_cifar_student.py", args, os.path.join(opt.out, f"epoch_{name}.log"),
+                             opt.in_process)
         seconds = epoch_times(summary, student)
         rows.append({"config": name, "flags": " ".join(flags) or "(defaults)", "epoch_s": seconds,
                      "images_per_s": opt.n_train / seconds[-1]})
@@ -111,18 +141,19 @@ def accuracy_check(opt, fast):
     teacher, student = opt.fashion_pair.split(":")
     save = os.path.join(opt.out, "save_fashion")
     common = ["--dataset", "fashion_mnist", "--save_root", save, "--seed", str(opt.seed), "--device", opt.device,
-              "--epochs", str(opt.fashion_epochs), "--lr_decay", "cos", "--print_freq", "1000"]
+              "--epochs", str(opt.fashion_epochs), "--lr_decay", "cos", "--print_freq", "1000", *shared_flags(opt)]
     if opt.fashion_root:
         common += ["--data_root", opt.fashion_root]
     stamp = int(time.time())
     summary = run_script("train_cifar_teacher.py", ["--model", teacher, "--trial", f"t{stamp}", *common, *fast],
-                         os.path.join(opt.out, "fashion_teacher.log"))
+                         os.path.join(opt.out, "fashion_teacher.log"), opt.in_process)
     path_t = os.path.join(summary["run"], f"{teacher}_last.pth")
     rows = [{"config": "teacher", "model": teacher, "best": summary["best_acc"], "last": summary["last_acc"]}]
     for name, flags in (("reference", REFERENCE), ("fast", fast)):
         args = ["--path_t", path_t, "--model_t", teacher, "--model_s", student, "--distill", "NORM", "-r", "1",
                 "-a", "0", "-b", "1", "-s", "8", "--trial", f"{name}{stamp}", *common, *flags]
-        summary = run_script("train_cifar_student.py", args, os.path.join(opt.out, f"fashion_{name}.log"))
+        summary = run_script("train_cifar_student.py", args, os.path.join(opt.out, f"fashion_{name}.log"),
+                             opt.in_process)
         rows.append({"config": name, "model": student, "best": summary["best_acc"], "last": summary["last_acc"]})
     return rows
 

@@ -28,7 +28,8 @@ def test_epoch_check_reports_epoch_times_and_accuracies(tmp_path):
     done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "epoch_check.py"), "--out", str(out),
                            "--device", "cpu", "--pair", "resnet8:resnet8", "--n_train", "128", "--n_test", "32",
                            "--epochs", "2", "--fashion_root", str(tmp_path / "fm"), "--fashion_pair",
-                           "resnet8:resnet8", "--fashion_epochs", "1", "--fast_flags", "--gpu_data --channels_last"],
+                           "resnet8:resnet8", "--fashion_epochs", "1", "--fast_flags", "--gpu_data --channels_last",
+                           "--in_process", "--num_workers", "0"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     report = json.loads((out / "epoch_check.json").read_text())
