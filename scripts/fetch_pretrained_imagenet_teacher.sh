@@ -9,9 +9,12 @@
 #                   root; train_imagenet_student.py looks in <--save_root>/models, --save_root defaulting to ./save)
 #      TIMEOUT      seconds to wait for the server to answer (default 20)
 #      BASE_URL     another address (a mirror) of the files (default https://download.pytorch.org/models)
+#      TEACHER_REGISTRY  another registry file (default scripts/teachers.json); PYTHON the interpreter reading it
 #
-# Files come from https://download.pytorch.org/models/ through a resumable .part download; each is checked against
-# the SHA-256 prefix in its name (as torchvision does) and a file already present with the right hash is kept.
+# The file names and their SHA-256 come from the teacher registry, scripts/teachers.json. Files come from
+# https://download.pytorch.org/models/ through a resumable .part download; each is checked against the registry's
+# SHA-256 (the full published digest; the prefix in the file name where none is published), a file already present
+# with the right hash is kept, and a download with another hash is deleted (one line saying so, exit status 1).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
@@ -20,23 +23,37 @@ cd "$REPO_ROOT"
 BASE_URL="${BASE_URL:-https://download.pytorch.org/models}"
 TEACHER_DIR="${TEACHER_DIR:-save/models}"
 TIMEOUT="${TIMEOUT:-20}"
-declare -A FILES=([resnet18]=resnet18-5c106cde.pth [resnet34]=resnet34-333f7ec4.pth [resnet50]=resnet50-19c8e357.pth)
+declare -A FILES=() SHA=()
+ALL_TEACHERS=()
+registry="$("$PYTHON" helper/teacher_registry.py files imagenet)" || die "cannot read the teacher registry"
+while read -r name file digest; do
+    [[ -n "$name" ]] || continue
+    ALL_TEACHERS+=("$name")
+    FILES[$name]="$file"
+    SHA[$name]="$digest"
+done <<<"$registry"
 
 names=("$@")
-if ((${#names[@]} == 0)); then names=(resnet18 resnet34 resnet50); fi
+if ((${#names[@]} == 0)); then names=("${ALL_TEACHERS[@]}"); fi
 for name in "${names[@]}"; do
-    [[ -n "${FILES[$name]:-}" ]] || die "unknown teacher '$name'; choose from resnet18 resnet34 resnet50"
+    [[ -n "${FILES[$name]:-}" ]] || die "unknown teacher '$name'; choose from ${ALL_TEACHERS[*]}"
 done
 
-hash_ok() {  # FILE NAME: FILE's SHA-256 starts with the hex suffix of NAME (resnet34-333f7ec4.pth -> 333f7ec4)
-    local file="$1" want="${2##*-}"
-    want="${want%.pth}"
+expected_sha() {  # NAME: the registry's SHA-256 of NAME's file, or the hex suffix of its name (x-333f7ec4.pth)
+    local want="${SHA[$1]}"
+    if [[ "$want" == - ]]; then want="${FILES[$1]##*-}"; want="${want%.pth}"; fi
+    printf '%s' "$want"
+}
+
+hash_ok() {  # FILE NAME: FILE's SHA-256 is (or, for a prefix, starts with) the expected one
+    local file="$1" want
+    want="$(expected_sha "$2")"
     if [[ "$DRY_RUN" == 1 ]]; then
         run sha256sum "$file"
-        say "# expect a SHA-256 starting with $want"
+        say "# expect the SHA-256 $want"
         return 0
     fi
-    [[ "$(sha256sum "$file" | cut -c1-${#want})" == "$want" ]]
+    [[ "$(sha256sum "$file" | cut -d' ' -f1)" == "$want"* ]]
 }
 
 failed=()
@@ -44,7 +61,7 @@ for name in "${names[@]}"; do
     file="${FILES[$name]}"
     target="$TEACHER_DIR/${name}_imagenet_vanilla/$file"
     if [[ -f "$target" && "$DRY_RUN" != 1 ]]; then
-        if hash_ok "$target" "$file"; then ok "$target (already present)"; continue; fi
+        if hash_ok "$target" "$name"; then ok "$target (already present)"; continue; fi
         say "$target has the wrong SHA-256; fetching it again"
         rm -f "$target"
     fi
@@ -62,11 +79,11 @@ for name in "${names[@]}"; do
         failed+=("$name")
         continue
     fi
-    if hash_ok "$target.part" "$file"; then
+    if hash_ok "$target.part" "$name"; then
         run mv "$target.part" "$target"
         ok "$target"
     else
-        say "$target.part does not have the SHA-256 its name promises; deleted it"
+        say "$target.part does not have the published SHA-256 ($(expected_sha "$name" | cut -c1-16)...); deleted it"
         rm -f "$target.part"
         failed+=("$name")
     fi

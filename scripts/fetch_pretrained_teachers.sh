@@ -10,18 +10,23 @@
 #      ORIGINAL_URL, ARCHIVE_URL: other addresses (mirrors) of the two sources
 #      KEEP_ARCHIVE 1 keeps mdistiller's cifar_teachers.tar after unpacking (default: deleted)
 #      PYTHON       the interpreter used to check the files (default python3)
+#      TEACHER_REGISTRY  another teacher registry file (default scripts/teachers.json)
 #
 # For each teacher: a file already present that loads is kept; otherwise it is downloaded (resumably, through a
 # .part file) from RepDistiller's original address http://shape2prog.csail.mit.edu/repo/<name>_vanilla/..., and
 # what that does not give comes from mdistiller's archive of the same files (GitHub release "checkpoints" of
-# megvii-research/mdistiller). Each file must load strictly into models.model_dict[name](num_classes=100).
+# megvii-research/mdistiller). Each file must load strictly into models.model_dict[name](num_classes=100) and,
+# where the teacher registry (scripts/teachers.json) publishes a SHA-256 for it, have that hash: a file that fails
+# either is deleted (one line saying why). The registry publishes none for these six today (see its notes).
 # When neither source is reachable it says so on stderr, points to scripts/train_cifar_teacher.sh, and exits 1.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
 cd "$REPO_ROOT"
 
-ALL_TEACHERS=(wrn_40_2 resnet56 resnet110 resnet32x4 vgg13 ResNet50)
+registry="$("$PYTHON" helper/teacher_registry.py files cifar100)" || die "cannot read the teacher registry"
+ALL_TEACHERS=()
+while read -r name _; do [[ -z "$name" ]] || ALL_TEACHERS+=("$name"); done <<<"$registry"
 ORIGINAL_URL="${ORIGINAL_URL:-http://shape2prog.csail.mit.edu/repo}"
 MDISTILLER_RELEASE="https://github.com/megvii-research/mdistiller/releases/download/checkpoints"
 ARCHIVE_URL="${ARCHIVE_URL:-$MDISTILLER_RELEASE/cifar_teachers.tar}"
@@ -52,8 +57,8 @@ unreachable() {  # exit status of curl/wget -> 0 when it means the server could 
     case "$1" in 4|5|6|7|28|35) return 0 ;; *) return 1 ;; esac  # wget 4/5: network/SSL; curl 6/7/28/35
 }
 
-verify() {  # NAME FILE: load FILE strictly into the CIFAR-100 NAME
-    run "$PYTHON" -c "$VERIFY_PY" "$1" "$2"
+verify() {  # NAME FILE: load FILE strictly into the CIFAR-100 NAME, then check its SHA-256 against the registry
+    run "$PYTHON" -c "$VERIFY_PY" "$1" "$2" && run "$PYTHON" helper/teacher_registry.py check cifar100 "$1" "$2"
 }
 
 target_of() { printf '%s/%s_vanilla/ckpt_epoch_240.pth' "$TEACHER_DIR" "$1"; }
@@ -64,7 +69,7 @@ for name in "${names[@]}"; do
     target="$(target_of "$name")"
     if [[ -f "$target" ]]; then
         if verify "$name" "$target"; then ok "$target (already present)"; continue; fi
-        say "$target does not load; fetching it again"
+        say "$target is not a usable $name; fetching it again"
         run rm -f "$target"
     fi
     run mkdir -p "$(dirname "$target")"
