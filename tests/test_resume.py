@@ -198,3 +198,31 @@ def test_an_interrupted_init_stage_resumes_bit_exactly(tiny_cifar, teacher_file,
     resumed = final_state(train_cifar_student.main([*args, "--save_root", str(tmp_path / "part"), "--resume"]))
     for got, expected in zip(resumed, full):
         assert_same(got, expected)
+
+
+def test_a_checkpoint_of_the_previous_format_still_resumes_bit_exactly(tiny_cifar, teacher_file, tmp_path,
+                                                                       monkeypatch, uninterrupted):
+    teacher = teacher_file("resnet8")
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 2)
+        with pytest.raises(SystemExit):
+            train_cifar_student.main(argv(tiny_cifar, teacher, tmp_path))
+    run = next((tmp_path / "student_model").iterdir())
+    ckpt = load_checkpoint(str(run / "resnet8_last.pth"))
+    for key in ("rng_per_rank", "init_epoch", "init_step", "init_optimizer", "init_scaler"):
+        ckpt.pop(key, None)  # written only since the trainer was split
+    del ckpt["config"]["batch_size_per_process"]
+    save_atomic(ckpt, str(run / "resnet8_last.pth"))
+    model, method, optimizer = final_state(train_cifar_student.main(argv(tiny_cifar, teacher, tmp_path, "--resume")))
+    assert_same(model, uninterrupted[0])
+    assert_same(optimizer, uninterrupted[2])
+
+
+def test_saved_configs_of_earlier_versions_read_in_todays_terms():
+    from helper.run_store import normalise_saved_config
+
+    # --batch_size was per process: 2 processes of 32 are today's global 64
+    old = normalise_saved_config({"batch_size": 32, "world_size": 2})
+    assert (old["batch_size"], old["batch_size_per_process"]) == (64, 32)
+    new = {"batch_size": 64, "world_size": 2, "batch_size_per_process": 32}
+    assert normalise_saved_config(new) == new
