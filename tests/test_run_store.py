@@ -198,3 +198,22 @@ def test_an_overflow_the_fp16_scaler_skips_is_not_a_non_finite_loss():
         model = InfOnFirstStep()
         train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.1), Runtime(torch.device("cpu")),
                         1, progress=False)
+
+
+def test_a_full_disk_at_the_results_line_leaves_no_half_line(tiny_cifar, tmp_path, monkeypatch, capsys):
+    import helper.run_store as run_store
+
+    results = tmp_path / "results.jsonl"
+    results.write_text('{"run": "earlier"}\n')
+    real_write = os.write
+
+    def half_write(fd, data):
+        return real_write(fd, data[: len(data) // 2])  # what a filling disk does: a short write
+
+    monkeypatch.setattr(run_store.os, "write", half_write)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train_cifar_teacher.main, teacher_args(tiny_cifar, tmp_path))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "the disk is full" in err
+    assert results.read_text() == '{"run": "earlier"}\n'
+    assert (run_folder(tmp_path) / "resnet8_last.pth").is_file()  # the run itself is complete
