@@ -3,7 +3,7 @@
 Every item (train and val/test) is `(img, target, index)`; the CRD wrapper adds `contrast_index`.
 """
 from .cifar import CIFAR, cifar_transforms
-from .common import CRDDataset, DatasetNotFound
+from .common import CorruptDataFile, CRDDataset, DatasetError, DatasetNotFound
 from .fashion_mnist import FashionMNIST, fashion_mnist_transforms
 from .fashion_mnist import NUM_CLASSES as _FASHION_MNIST_CLASSES
 from .imagenet import ImageFolderWithIndex, find_split_dir, folder_num_classes, imagenet_transforms
@@ -12,8 +12,8 @@ NAMES = ("cifar100", "cifar10", "fashion_mnist", "imagenet")
 SPLITS = ("train", "val", "test")
 _CIFAR_CLASSES = {"cifar100": 100, "cifar10": 10}
 
-__all__ = ["NAMES", "CIFAR", "CRDDataset", "DatasetNotFound", "FashionMNIST", "ImageFolderWithIndex",
-           "build_dataset", "crd_dataset", "num_classes"]
+__all__ = ["NAMES", "CIFAR", "CorruptDataFile", "CRDDataset", "DatasetError", "DatasetNotFound", "FashionMNIST",
+           "ImageFolderWithIndex", "build_dataset", "crd_dataset", "num_classes"]
 
 
 def _check_name(name):

@@ -10,14 +10,27 @@ _TRANSFORM_STREAM = 0
 _CRD_STREAM = 1
 
 
-class DatasetNotFound(FileNotFoundError):
+class DatasetError(Exception):
+    """The data cannot be used as it is on disk; the one-line message names the file or folder and what to do."""
+
+
+class DatasetNotFound(DatasetError, FileNotFoundError):
     """The data is not on disk (and was not downloaded); the one-line message says where we looked and what to do."""
+
+
+class CorruptDataFile(DatasetError, ValueError):
+    """A data file is truncated or holds something other than its format; the message names it and the fix."""
 
 
 def not_found(what, paths, hint):
     """Build a DatasetNotFound naming `what`, the `paths` looked in, and the `hint` on how to get the data."""
     looked = ", ".join(str(p) for p in paths)
     return DatasetNotFound(f"{what} not found (looked in: {looked}); {hint}")
+
+
+def corrupt_file(path, problem, hint="delete it and get the dataset again (run once online with --download)"):
+    """Build a CorruptDataFile: '<path>: <problem>; <hint>'."""
+    return CorruptDataFile(f"{path}: {problem}; {hint}")
 
 
 def check_seed(seed):

@@ -1,11 +1,13 @@
 """Fashion-MNIST from idx files, zero-padded to 32x32 and repeated to 3 channels so CIFAR networks run unchanged."""
 import gzip
+import math
 import os
+import zlib
 
 import numpy as np
 from torchvision import datasets, transforms
 
-from .common import InMemoryImages, not_found
+from .common import InMemoryImages, corrupt_file, not_found
 
 SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist package
 DEFAULT_ROOT = "./data"  # the scripts' --data_root default: only then is SYSTEM_DIR searched as well
@@ -18,6 +20,7 @@ STD = 0.3318
 NUM_CLASSES = 10
 PAD = 2
 _IDX_DTYPES = {0x08: np.uint8}
+_FIX = "delete it and get Fashion-MNIST again (run once online with --download, or reinstall dataset-fashion-mnist)"
 
 
 def search_dirs(root):
@@ -51,15 +54,20 @@ def find_idx_files(root, train):
 def read_idx(path):
     """Parse an idx file (gzipped or not) into a numpy array, checking its magic number and size."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:  # a cut-off download or a non-gzip file named .gz
+        raise corrupt_file(path, f"truncated or not gzip data ({err})", _FIX) from None
+    except OSError as err:
+        raise corrupt_file(path, f"cannot be read ({err.strerror or err})", "check the file's permissions") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise ValueError(f"{path}: not an unsigned-byte idx file (bad magic number {raw[:4].hex()})")
+        raise corrupt_file(path, f"not an unsigned-byte idx file (bad magic number {raw[:4].hex()})", _FIX)
     ndim = raw[3]
     header = 4 + 4 * ndim
     shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim))
-    if len(raw) != header + int(np.prod(shape)):
-        raise ValueError(f"{path}: size {len(raw)} does not match the header shape {shape}")
+    if len(raw) < header or len(raw) != header + math.prod(shape):
+        raise corrupt_file(path, f"size {len(raw)} does not match the header shape {shape} (truncated?)", _FIX)
     return np.frombuffer(raw, dtype=_IDX_DTYPES[raw[2]], offset=header).reshape(shape)
 
 
@@ -76,8 +84,13 @@ def read_fashion_mnist(images_path, labels_path):
     """Read one split: (uint8 array N x 32 x 32 zero-padded, list of int labels)."""
     images = read_idx(images_path)
     labels = read_idx(labels_path)
-    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"{images_path} / {labels_path}: shapes {images.shape} / {labels.shape} do not match")
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise corrupt_file(images_path, f"holds an array of shape {images.shape}, not 28x28 images", _FIX)
+    if labels.ndim != 1 or len(images) != len(labels):
+        raise corrupt_file(labels_path, f"holds labels of shape {labels.shape} for the {len(images)} images of "
+                                        f"{images_path}", _FIX)
+    if labels.size and labels.max() >= NUM_CLASSES:
+        raise corrupt_file(labels_path, f"holds label {labels.max()}, not one of the {NUM_CLASSES} classes", _FIX)
     padded = np.pad(images, ((0, 0), (PAD, PAD), (PAD, PAD)))
     return padded, labels.astype(np.int64).tolist()
 

@@ -1,9 +1,10 @@
 """ImageNet (or any ImageFolder tree with train/ and val/) with indexed, reproducibly augmented items."""
 import os
 
+from PIL import Image, UnidentifiedImageError
 from torchvision import datasets, transforms
 
-from .common import EpochSeeded, not_found
+from .common import EpochSeeded, corrupt_file, not_found
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -54,5 +55,18 @@ class ImageFolderWithIndex(EpochSeeded, datasets.ImageFolder):
     def __getitem__(self, key):
         epoch, index = self._item(key)
         path, target = self.samples[index]
-        img = self._augment(self.loader(path), index, epoch)
+        try:
+            image = self.loader(path)
+        except (OSError, Image.DecompressionBombError) as err:  # not an image, truncated, unreadable
+            # raised in a loader worker too: run_cli prints this one line from the worker's re-raise
+            raise corrupt_file(path, f"cannot be read as an image ({_reason(err)})",
+                               "delete or replace it (every file in the class folders must be an image)") from None
+        img = self._augment(image, index, epoch)
         return img, target, index
+
+
+def _reason(err):
+    """PIL's complaint in a few words, without the path it repeats."""
+    if isinstance(err, UnidentifiedImageError):
+        return "not an image file PIL knows"
+    return str(err).splitlines()[0] if str(err).strip() else type(err).__name__

@@ -6,6 +6,7 @@ pooled features feat[-1]; i runs over consecutive samples of the batch.
 from torch import nn
 
 from models.norm import probe_features
+from helper.options import positive_int
 from .base import Distiller
 from .registry import add_argument_once, register
 
@@ -39,7 +40,7 @@ class Correlation(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
-        add_argument_once(parser, "--feat_dim", type=int, default=128, help="CRD/CC embedding size")
+        add_argument_once(parser, "--feat_dim", type=positive_int, default=128, help="CRD/CC embedding size")
 
     @classmethod
     def build(cls, student, teacher, opt, data):

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.norm import probe_features
+from helper.options import fraction_below_one, positive_float, positive_int
 from .base import Distiller
 from .registry import add_argument_once, register
 
@@ -103,12 +104,13 @@ class CRDLoss(nn.Module):
     @staticmethod
     def add_arguments(parser):
         """The CRD flags with RepDistiller's defaults."""
-        add_argument_once(parser, "--feat_dim", type=int, default=128, help="CRD/CC embedding size")
+        add_argument_once(parser, "--feat_dim", type=positive_int, default=128, help="CRD/CC embedding size")
         add_argument_once(parser, "--mode", choices=["exact", "relax"], default="exact",
                           help="CRD positive: the sample itself (exact) or one of its class (relax)")
-        add_argument_once(parser, "--nce_k", type=int, default=16384, help="CRD negatives per sample")
-        add_argument_once(parser, "--nce_t", type=float, default=0.07, help="CRD temperature")
-        add_argument_once(parser, "--nce_m", type=float, default=0.5, help="CRD memory momentum")
+        add_argument_once(parser, "--nce_k", type=positive_int, default=16384, help="CRD negatives per sample")
+        add_argument_once(parser, "--nce_t", type=positive_float, default=0.07, help="CRD temperature")
+        add_argument_once(parser, "--nce_m", type=fraction_below_one, default=0.5,
+                          help="CRD memory momentum, in [0, 1)")
 
     @classmethod
     def build(cls, student, teacher, opt, data):

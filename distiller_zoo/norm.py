@@ -6,6 +6,7 @@ channels; equal to N * MSE(e, tile_N(f_t)) of the official code, without materia
 import torch.nn.functional as F
 
 from models.norm import attach_feature_transform, matched_feature, probe_features
+from helper.options import non_negative_float
 from .base import Distiller
 from .crd import CRDLoss
 from .registry import add_argument_once, register
@@ -139,7 +140,7 @@ class NORMCRD(NORM):
     def add_arguments(cls, parser):
         super().add_arguments(parser)
         CRDLoss.add_arguments(parser)
-        add_argument_once(parser, "--crd_weight", type=float, default=2.5,
+        add_argument_once(parser, "--crd_weight", type=non_negative_float, default=2.5,
                           help="weight of the CRD term in NORM_CRD (the official code reuses -c, 2.5)")
 
     @classmethod

@@ -1,4 +1,5 @@
 """The init-stage contract of RepDistiller's two-stage methods (AB, FT, FSP), shared by their modules."""
+from helper.options import non_negative_int
 from .base import Distiller
 from .registry import add_argument_once
 
@@ -16,7 +17,7 @@ class TwoStageDistiller(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
-        add_argument_once(parser, "--init_epochs", type=int, default=30,
+        add_argument_once(parser, "--init_epochs", type=non_negative_int, default=30,
                           help="epochs of the init stage of abound/factor/fsp (0 skips it)")
 
     def init_modules(self):

@@ -9,7 +9,7 @@ from .engine import validate
 from .errors import UsageError
 from .launch import apply_gids
 from .model_loading import build_model, load_model_state, matching_architectures
-from .options import base_parser, positive_int, resolve_seed
+from .options import base_parser, non_negative_float, positive_float, positive_int, resolve_seed
 from .runtime import cleanup, seed_everything, setup_runtime, shared_seed
 from .trainer import Trainer, prepare_run_dir
 
@@ -27,15 +27,15 @@ def student_parser(profile):
     g.add_argument("--model_t", default=None, help="teacher architecture (default: read from the checkpoint)")
     g.add_argument("--model_s", default=profile["model_s"], help="student architecture")
     g.add_argument("--distill", default="NORM", help=f"method: {', '.join(sorted(METHODS))}")
-    g.add_argument("-r", "--gamma", type=float, default=None,
+    g.add_argument("-r", "--gamma", type=non_negative_float, default=None,
                    help="weight of the cross-entropy (default: the method's, 1 for all)")
-    g.add_argument("-a", "--alpha", type=float, default=None,
+    g.add_argument("-a", "--alpha", type=non_negative_float, default=None,
                    help="weight of KD [paper: beta] (default: the method's, NORM 0; see README)")
-    g.add_argument("-b", "--beta", type=float, default=None,
+    g.add_argument("-b", "--beta", type=non_negative_float, default=None,
                    help="weight of the method's loss [paper: alpha] (default: the method's, NORM 1)")
-    g.add_argument("-c", "--ceta", type=float, default=None,
+    g.add_argument("-c", "--ceta", type=non_negative_float, default=None,
                    help="logit layer-norm scale for CE/KD (NORM default 2.5, others 0 = raw logits)")
-    g.add_argument("--kd_T", type=float, default=4.0, help="KD temperature")
+    g.add_argument("--kd_T", type=positive_float, default=4.0, help="KD temperature")
     if profile["image_size"]:
         g.add_argument("--image_size", type=positive_int, default=profile["image_size"], help="training crop size")
     for cls in METHODS.values():

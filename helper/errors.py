@@ -19,12 +19,27 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def one_line(err):
+    """The message of `err`; for an error re-raised by a DataLoader worker, the original one-line message."""
+    text = str(err)
+    # A worker's error comes back as "Caught X in DataLoader worker process K.\nOriginal Traceback ...", ending
+    # with the traceback's last line "module.X: <the original message>".
+    if not text.startswith("Caught ") or "\nOriginal Traceback" not in text:
+        return text
+    last = text.strip().splitlines()[-1]
+    kind = type(err)
+    for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
+        if last.startswith(prefix):
+            return last[len(prefix):]
+    return last
+
+
 def run_cli(main, argv=None):
-    """Call `main(argv)`; turn UsageError and missing files into one line on stderr and exit code 2."""
-    from dataset import DatasetNotFound  # local import: dataset depends on torchvision only
+    """Call `main(argv)`; turn UsageError and dataset errors (missing or corrupt files) into one line and exit 2."""
+    from dataset import DatasetError  # local import: dataset depends on torchvision only
 
     try:
         return main(argv)
-    except (UsageError, DatasetNotFound) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (UsageError, DatasetError) as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)

@@ -4,7 +4,10 @@ import difflib
 import torch
 
 from .checkpoint import load_checkpoint, model_state, plain_number
+from .convert import _OFFICIAL_FT_KEY, _UNUSED, convert_official_student  # the official key names live there
 from .errors import UsageError
+
+TRANSFORM_PREFIX = "feature_transform."  # the state-dict keys of NORM's FT (models.norm.attach_feature_transform)
 
 
 def build_model(zoo, name, num_classes, flag="--model"):
@@ -32,11 +35,43 @@ def matching_architectures(zoo, state, num_classes):
     return names
 
 
+def norm_student_kind(state):
+    """'ours' or 'official' when `state` is a NORM student's, feature transform included; None for a plain model."""
+    if any(k.startswith(TRANSFORM_PREFIX) for k in state):
+        return "ours"
+    if any(_OFFICIAL_FT_KEY.match(k) or _UNUSED.match(k) for k in state):
+        return "official"
+    return None
+
+
+def check_plain_state(state, path, zoo, num_classes, flag):
+    """Refuse a NORM student's state (transform included) where a plain model is expected; say how to make one."""
+    kind = norm_student_kind(state)
+    if kind is None:
+        return
+    plain = convert_official_student(state) if kind == "official" else state
+    plain = {k: v for k, v in plain.items() if not k.startswith(TRANSFORM_PREFIX)}
+    matches = matching_architectures(zoo, plain, num_classes)
+    arch = matches[0] if len(matches) == 1 else None
+    what = f"{arch} with a feature transform" if arch else "with a feature transform"
+    if kind == "ours":
+        raise UsageError(f"{path} is a NORM student checkpoint ({what}), not a plain model for {flag}; fold its "
+                         f"transform away with python scripts/export_student.py --path {path} --out <plain.pth> "
+                         "and pass that file")
+    if flag == "--model_s":  # a student was expected: only the official key names are in the way
+        raise UsageError(f"{path} is an officially released NORM student ({what}); pass --official")
+    raise UsageError(f"{path} is an officially released NORM student ({what}), not a plain model for {flag}; fold "
+                     f"its transform away with python scripts/export_student.py --official --path {path} --model_s "
+                     f"{arch or '<arch>'} -s <its N> --out <plain.pth> and pass that file")
+
+
 def load_strict(model, state, *, name, path, zoo, num_classes, flag):
     """Load `state` strictly into `model`; on mismatch say which architecture the file holds."""
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:
+        if getattr(model, "feature_transform", None) is None:  # a plain model was expected
+            check_plain_state(state, path, zoo, num_classes, flag)
         matches = matching_architectures(zoo, state, num_classes)
         if matches:
             hint = f"it holds a {matches[0]}: pass {flag} {matches[0]}"

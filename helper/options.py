@@ -1,51 +1,50 @@
 """Command-line flags shared by the training scripts (the official names and defaults)."""
 import json
+import math
 import os
 import secrets
 
 from dataset.fashion_mnist import DEFAULT_ROOT
-from .errors import ArgumentParser, UsageError
+from .errors import ArgumentParser
+
+
+def _ranged(attribute, convert, name, accept):
+    """The argparse type `attribute` of this module: `convert(text)` where `accept(value)` holds, else ValueError."""
+    def parse(text):
+        value = convert(text)
+        if not accept(value):
+            raise ValueError(text)
+        return value
+
+    parse.__name__ = name  # argparse puts the type's name in its one-line error: "invalid <name> value: '-1'"
+    parse.__qualname__ = attribute  # what pickle looks the function up by
+    parse.__doc__ = f"argparse type: {name}."
+    return parse
+
+
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):  # inf would pass `> 0`, and nan is no setting at all
+        raise ValueError(text)
+    return value
+
+
+SEED_LIMIT = 2**32  # NumPy's legacy seeding range; torch and Python accept it too
+
+positive_int = _ranged("positive_int", int, "integer >= 1", lambda v: v >= 1)
+non_negative_int = _ranged("non_negative_int", int, "integer >= 0", lambda v: v >= 0)
+seed_int = _ranged("seed_int", int, f"integer in [0, {SEED_LIMIT - 1}]", lambda v: 0 <= v < SEED_LIMIT)
+positive_float = _ranged("positive_float", _finite_float, "number > 0", lambda v: v > 0)
+non_negative_float = _ranged("non_negative_float", _finite_float, "number >= 0", lambda v: v >= 0)
+fraction_below_one = _ranged("fraction_below_one", _finite_float, "number in [0, 1)", lambda v: 0 <= v < 1)
 
 
 def int_list(text):
-    """'150,180,210' -> [150, 180, 210]."""
-    try:
-        return [int(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(f"expected comma-separated integers, got {text!r}") from None
+    """argparse type: '150,180,210' -> [150, 180, 210] (epochs, so each an integer >= 1)."""
+    return [positive_int(x) for x in str(text).split(",") if x.strip()]
 
 
-def positive_int(text):
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise ValueError
-    return value
-
-
-positive_int.__name__ = "integer >= 1"  # argparse names the type in its error message
-
-
-def non_negative_int(text):
-    """argparse type: an integer >= 0."""
-    value = int(text)
-    if value < 0:
-        raise ValueError
-    return value
-
-
-non_negative_int.__name__ = "integer >= 0"
-
-
-def positive_float(text):
-    """argparse type: a number > 0."""
-    value = float(text)
-    if not value > 0:
-        raise ValueError
-    return value
-
-
-positive_float.__name__ = "number > 0"
+int_list.__name__ = "comma-separated list of integers >= 1"
 
 
 def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay, lr_decay, lr_decay_epochs,
@@ -61,9 +60,9 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
     g.add_argument("--lr_decay", choices=["step", "cos"], default=lr_decay, help="learning-rate schedule")
     g.add_argument("--lr_decay_epochs", type=int_list, default=lr_decay_epochs,
                    help="epochs after which a step schedule decays, e.g. 150,180,210")
-    g.add_argument("--lr_decay_rate", type=float, default=0.1, help="step-schedule decay factor")
-    g.add_argument("--weight_decay", type=float, default=weight_decay, help="weight decay")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--lr_decay_rate", type=positive_float, default=0.1, help="step-schedule decay factor")
+    g.add_argument("--weight_decay", type=non_negative_float, default=weight_decay, help="weight decay")
+    g.add_argument("--momentum", type=fraction_below_one, default=0.9, help="SGD momentum, in [0, 1)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=datasets, default=dataset, help="dataset")
     g.add_argument("--data_root", default=DEFAULT_ROOT, help="folder holding the dataset")
@@ -76,7 +75,7 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
     g.add_argument("--save_freq", type=positive_int, default=save_freq, help="write ckpt_epoch_E.pth every E")
     g.add_argument("--print_freq", type=positive_int, default=100, help="log every this many steps")
     g.add_argument("--resume", action="store_true", help="continue the run in its folder from its last checkpoint")
-    g.add_argument("--seed", type=int, default=None, help="random seed (default: drawn and saved in config.json)")
+    g.add_argument("--seed", type=seed_int, default=None, help="random seed (default: drawn and saved in config.json)")
     g.add_argument("--progress", action="store_true", default=None,
                    help="force tqdm progress bars (default: only on a terminal)")
     g = p.add_argument_group("device and speed")
