@@ -8,7 +8,7 @@ from .data import load_datasets
 from .engine import validate
 from .errors import UsageError
 from .launch import apply_gids
-from .model_loading import build_model, load_model_state, matching_architectures
+from .model_loading import build_model, check_plain_state, load_model_state, matching_architectures
 from .options import base_parser, non_negative_float, positive_float, positive_int, resolve_seed
 from .runtime import cleanup, seed_everything, setup_runtime, shared_seed
 from .trainer import Trainer, prepare_run_dir
@@ -71,6 +71,7 @@ def student_main(argv, profile):
         opt.learning_rate = 0.01 if opt.model_s in SMALL_LR_STUDENTS else profile["learning_rate"]
     num_classes = profile["num_classes"](opt)
     teacher_state = model_state(load_checkpoint(opt.path_t), opt.path_t)  # read once, validated before the run
+    check_plain_state(teacher_state, opt.path_t, profile["zoo"], num_classes, "--path_t")
     if opt.model_t is None:
         opt.model_t = infer_teacher_name(profile["zoo"], teacher_state, opt.path_t, num_classes)
     if opt.model_s not in profile["zoo"]:

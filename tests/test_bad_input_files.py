@@ -249,10 +249,12 @@ def _official_student(tmp_path, name="resnet8", c_t=64, n=2):
     return path
 
 
+@pytest.mark.parametrize("named", [True, False], ids=["with --model_t", "architecture inferred"])
 @pytest.mark.parametrize("kind", ["ours", "official"])
-def test_norm_student_given_as_teacher(capsys, tiny_cifar, tmp_path, kind):
+def test_norm_student_given_as_teacher(capsys, tiny_cifar, tmp_path, kind, named):
     path = _our_student(tmp_path)[0] if kind == "ours" else _official_student(tmp_path)
-    err = fails(train_cifar_student.main, ["--path_t", str(path), "--model_t", "resnet8", "--model_s", "resnet8",
+    model_t = ["--model_t", "resnet8"] if named else []
+    err = fails(train_cifar_student.main, ["--path_t", str(path), *model_t, "--model_s", "resnet8",
                                            "--data_root", tiny_cifar, "--save_root", str(tmp_path / "s"), *QUICK],
                 capsys)
     described = "a NORM student checkpoint" if kind == "ours" else "an officially released NORM student"
