@@ -21,6 +21,7 @@ import torch  # noqa: E402
 
 from benchmarks.bench_train import device_name  # noqa: E402
 from helper import deploy  # noqa: E402
+from helper.options import non_negative_int, positive_int  # noqa: E402
 from models import imagenet_model_dict, model_dict  # noqa: E402
 from models.norm import attach_feature_transform, matched_feature, probe_features  # noqa: E402
 
@@ -30,12 +31,12 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--pairs", default="resnet32x4:resnet8x4", help="comma list of teacher:student names")
     p.add_argument("--batch_sizes", default="1,64", help="comma list of batch sizes")
-    p.add_argument("--repeats", type=int, default=20, help="timed forward passes per measurement (median reported)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed forward passes first")
-    p.add_argument("--n", type=int, default=8, help="NORM's N (-s/--co-sponge)")
-    p.add_argument("--num_classes", type=int, default=100, help="classes (1000 for ImageNet pairs)")
-    p.add_argument("--image_size", type=int, default=None, help="input size (default 32, ImageNet 224)")
-    p.add_argument("--threads", type=int, default=None, help="threads of PyTorch and ONNX Runtime (default torch's)")
+    p.add_argument("--repeats", type=positive_int, default=20, help="timed forward passes per measurement (median reported)")
+    p.add_argument("--warmup", type=non_negative_int, default=3, help="untimed forward passes first")
+    p.add_argument("--n", type=positive_int, default=8, help="NORM's N (-s/--co-sponge)")
+    p.add_argument("--num_classes", type=positive_int, default=100, help="classes (1000 for ImageNet pairs)")
+    p.add_argument("--image_size", type=positive_int, default=None, help="input size (default 32, ImageNet 224)")
+    p.add_argument("--threads", type=positive_int, default=None, help="threads of PyTorch and ONNX Runtime (default torch's)")
     args = p.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be at least 1 and --warmup at least 0")

@@ -19,16 +19,15 @@ if ROOT not in sys.path:
 
 def parse_args(argv=None):
     """The benchmark's flags."""
+    from helper.options import positive_int
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:K")
     p.add_argument("--pair", default="resnet56:resnet20", help="teacher:student names from models.model_dict")
-    p.add_argument("--steps", type=int, default=10, help="steps per measured epoch")
-    p.add_argument("--rounds", type=int, default=5, help="alternating rounds of (timers on, timers off)")
-    p.add_argument("--batch_size", type=int, default=64, help="images per step")
-    args = p.parse_args(argv)
-    if args.steps < 1 or args.rounds < 1:
-        p.error("--steps and --rounds must be at least 1")
-    return args
+    p.add_argument("--steps", type=positive_int, default=10, help="steps per measured epoch")
+    p.add_argument("--rounds", type=positive_int, default=5, help="alternating rounds of (timers on, timers off)")
+    p.add_argument("--batch_size", type=positive_int, default=64, help="images per step")
+    return p.parse_args(argv)
 
 
 def main(argv=None):

@@ -26,7 +26,7 @@ import train_cifar_teacher  # noqa: E402
 from dataset.fashion_mnist import FashionMNIST, find_idx_files, read_idx, search_dirs, write_idx  # noqa: E402
 from helper.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
 from helper.model_loading import build_model  # noqa: E402
-from helper.options import non_negative_int, positive_int  # noqa: E402
+from helper.options import non_negative_int, positive_int, seed_int  # noqa: E402
 from models import model_dict  # noqa: E402
 
 
@@ -45,7 +45,7 @@ def parser():
     p.add_argument("--student_epochs", type=positive_int, default=2, help="epochs of each student (default 2)")
     p.add_argument("--batch_size", type=positive_int, default=64)
     p.add_argument("-s", "--co-sponge", dest="co_sponge", type=positive_int, default=8, help="NORM's N (default 8)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--num_workers", type=non_negative_int, default=0,
                    help="data-loading processes (default 0: in this one)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
