@@ -57,8 +57,8 @@ unreachable() {  # exit status of curl/wget -> 0 when it means the server could 
     case "$1" in 4|5|6|7|28|35) return 0 ;; *) return 1 ;; esac  # wget 4/5: network/SSL; curl 6/7/28/35
 }
 
-verify() {  # NAME FILE: load FILE strictly into the CIFAR-100 NAME, then check its SHA-256 against the registry
-    run "$PYTHON" -c "$VERIFY_PY" "$1" "$2" && run "$PYTHON" helper/teacher_registry.py check cifar100 "$1" "$2"
+verify() {  # NAME FILE: FILE's SHA-256 against the registry (no torch needed), then load it strictly into NAME
+    run "$PYTHON" helper/teacher_registry.py check cifar100 "$1" "$2" && run "$PYTHON" -c "$VERIFY_PY" "$1" "$2"
 }
 
 target_of() { printf '%s/%s_vanilla/ckpt_epoch_240.pth' "$TEACHER_DIR" "$1"; }

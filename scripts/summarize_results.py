@@ -150,11 +150,13 @@ def summarize(records):
         best_mean, best_std = mean_std([r["best_acc"] for r in runs])
         last_mean, last_std = mean_std([r["last_acc"] for r in runs])
         teacher_accs = [r["teacher_acc"] for r in runs if _number(r.get("teacher_acc"))]
+        times = [r["wall_time_s"] for r in runs if _number(r.get("wall_time_s"))]
         rows.append({"dataset": dataset, "teacher": teacher, "student": student, "method": label,
                      "settings": settings, "epochs": epochs, "n": len(runs),
                      "trials": [r.get("trial") for r in runs],
                      "best_mean": best_mean, "best_std": best_std, "last_mean": last_mean, "last_std": last_std,
                      "teacher_acc": mean_std(teacher_accs)[0] if teacher_accs else None,
+                     "time_mean": mean_std(times)[0] if times else None, "runs": [r.get("run") for r in runs],
                      "paper": PAPER.get((dataset, teacher, student, label))})
     rows.sort(key=lambda r: (r["dataset"], r["teacher"] or "", r["student"], LABEL_ORDER.get(r["method"], 9),
                              r["method"], r["settings"], r["epochs"] if isinstance(r["epochs"], int) else -1))
