@@ -11,6 +11,7 @@ from .launch import apply_gids
 from .model_loading import build_model, check_plain_state, load_model_state, matching_architectures
 from .options import base_parser, non_negative_float, positive_float, positive_int, resolve_seed
 from .runtime import cleanup, seed_everything, setup_runtime, shared_seed
+from .teacher_registry import teacher_accuracy_warning
 from .trainer import Trainer, prepare_run_dir
 
 SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")  # the official scripts train these at lr 0.01
@@ -105,6 +106,10 @@ def student_main(argv, profile):
         teacher_acc = validate(teacher, trainer.val_loader, runtime)
         trainer.log(f"teacher {opt.model_t} accuracy: acc@1 {teacher_acc['acc1']:.2f} acc@5 {teacher_acc['acc5']:.2f}")
         trainer.record["teacher_acc"] = teacher_acc["acc1"]
+        if runtime.is_main:  # hashes the teacher file once, and only when the registry publishes its digest
+            warning = teacher_accuracy_warning(opt.path_t, opt.model_t, opt.dataset, teacher_acc["acc1"])
+            if warning:
+                trainer.log(warning, err=True)
         return trainer.fit()
     finally:
         store.close()

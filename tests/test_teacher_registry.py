@@ -147,3 +147,28 @@ def test_cifar_fetcher_deletes_a_file_whose_hash_is_not_the_registry_one(tmp_pat
     assert len(wrong) == 1 and "0000000000000000..." in wrong[0]
     assert not (tmp_path / "models" / "resnet56_vanilla" / "ckpt_epoch_240.pth").exists()
     assert "could not fetch the teacher(s) resnet56" in out.stderr
+
+
+def test_the_student_script_warns_when_a_registered_teacher_measures_off_its_published_top1(
+        tiny_cifar, teacher_file, tmp_path, monkeypatch, capsys):
+    import json
+
+    import train_cifar_student
+    from helper.teacher_registry import sha256_of
+
+    teacher = teacher_file("resnet8")
+    row = {"name": "resnet8", "dataset": "cifar100", "file": "ckpt_epoch_240.pth", "fetch": False, "sources": [],
+           "sha256": sha256_of(teacher), "sha256_source": "this test", "top1": 99.0, "top1_source": "this test"}
+    registry = tmp_path / "teachers.json"
+    registry.write_text(json.dumps({"notes": [], "teachers": [row]}))
+    monkeypatch.setenv("TEACHER_REGISTRY", str(registry))
+    args = ["--path_t", teacher, "--model_t", "resnet8", "--model_s", "resnet8", "--data_root", tiny_cifar,
+            "--epochs", "1", "--batch_size", "32", "--num_workers", "0", "--seed", "0"]
+    train_cifar_student.main([*args, "--save_root", str(tmp_path / "a")])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: teacher")]
+    assert len(warnings) == 1 and "top-1 99.00%" in warnings[0] and "points" in warnings[0]
+    row["top1"] = 0.0 + train_cifar_student.main([*args, "--save_root", str(tmp_path / "b")])["teacher_acc"]
+    registry.write_text(json.dumps({"notes": [], "teachers": [row]}))
+    capsys.readouterr()
+    train_cifar_student.main([*args, "--save_root", str(tmp_path / "c")])
+    assert "warning: teacher" not in capsys.readouterr().err  # measured as published: silent
