@@ -10,6 +10,16 @@ from .errors import UsageError
 from .runtime import rng_state, set_rng_state
 
 
+def per_process_batch(batch_size, world_size):
+    """--batch_size is the global batch (the paper's meaning) split over the processes; it must divide evenly."""
+    if batch_size % world_size:
+        lower, upper = batch_size // world_size * world_size, -(-batch_size // world_size) * world_size
+        choices = " or ".join(str(b) for b in dict.fromkeys((lower, upper)) if b > 0)
+        raise UsageError(f"--batch_size {batch_size} is the global batch and does not divide over {world_size} "
+                         f"processes; use {choices}")
+    return batch_size // world_size
+
+
 def check_sync_bn(requested, runtime):
     """Whether SyncBatchNorm is used: refused where it cannot run (CPU under DDP), a warning where it does nothing."""
     if not requested:

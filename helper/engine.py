@@ -61,10 +61,44 @@ def train_one_epoch(method, loader, optimizer, runtime, epoch, *, scaler=None, s
     return result
 
 
+# Overflows a gradient scaler skips come in short runs (the scale halves each time); a longer run of skipped steps
+# with a non-finite loss means the loss itself is non-finite in fp16, not the scaled gradients.
+MAX_SKIPPED_RUN = 32
+
+
+class SkippedSteps:
+    """Which steps an fp16 gradient scaler skipped, tracked on the device (the scale falls exactly on a skip)."""
+
+    def __init__(self, scaler, start_step, like):
+        self.scaler = scaler
+        self.count = torch.zeros((), dtype=torch.long, device=like.device)
+        self.last_applied = torch.full((), start_step - 1, dtype=torch.long, device=like.device)
+        self.first_bad = torch.full_like(like, -1)  # per term: first non-finite step of the current skipped run
+
+    def scale(self):
+        """The scaler's scale as a device tensor (no host sync), or a host float on versions without one."""
+        scale = getattr(self.scaler, "_scale", None)
+        return scale.clone() if isinstance(scale, torch.Tensor) else self.scaler.get_scale()
+
+    def update(self, step, before, values):
+        """After scaler.update(): a device bool, True when the step was applied."""
+        after = self.scale()
+        applied = torch.as_tensor(after >= before, device=self.count.device).reshape(())
+        self.count += (~applied).long()
+        self.last_applied = torch.where(applied, step, self.last_applied)
+        bad = (self.first_bad < 0) & ~torch.isfinite(values)
+        self.first_bad = torch.where(applied, -1.0, torch.where(bad, float(step), self.first_bad))
+        return applied
+
+    def stuck(self, step):
+        """Per term, the first step of a run of over MAX_SKIPPED_RUN skipped steps with a non-finite loss, else -1."""
+        long_run = (step - self.last_applied) > MAX_SKIPPED_RUN
+        return torch.where(long_run, self.first_bad, -1.0)
+
+
 def _train_steps(method, loader, optimizer, runtime, epoch, scaler, start_step, print_freq, stop, progress, log,
                  timer):
-    names, totals, first_bad, skipped = None, None, None, 0
-    scale = scaler.get_scale() if scaler is not None else None
+    names, totals, first_bad, skips = None, None, None, None
     total_steps = start_step + len(loader)
     bar = _progress(loader, len(loader), f"epoch {epoch}", progress and runtime.is_main)
     step = start_step
@@ -80,43 +114,46 @@ def _train_steps(method, loader, optimizer, runtime, epoch, scaler, start_step, 
         if timer is not None:
             timer.forward_done()
         optimizer.zero_grad(set_to_none=True)
-        applied = True
+        values = torch.stack([v.detach().float() for v in losses.values()])
+        if totals is None:
+            names = list(losses)
+            totals = torch.zeros(len(names) + 3, device=values.device)  # terms x n, top-1, top-5, n
+            first_bad = torch.full_like(values, -1)
+            skips = SkippedSteps(scaler, start_step, values) if scaler is not None else None
+        applied = None  # None: applied (no scaler); else a device bool
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(optimizer)
+            before = skips.scale()
             scaler.update()
-            # the scaler lowers its scale exactly when it skipped the step for an overflow; its step() has read the
-            # overflow flag on the host already, so reading the scale back adds no wait
-            new_scale = scaler.get_scale()
-            applied, scale = new_scale >= scale, new_scale
-            skipped += not applied
+            applied = skips.update(step, before, values)
         else:
             loss.backward()
             optimizer.step()
         if timer is not None:
             timer.end_step()
 
-        values = torch.stack([v.detach().float() for v in losses.values()])
         n = targets.shape[0]  # known on the host; full_like fills on the device (no host-to-device copy or sync)
         stats = torch.cat([values * n, correct_topk(logits.detach(), targets).float(), torch.full_like(values[:1], n)])
-        if totals is None:
-            names = list(losses)
-            totals = torch.zeros_like(stats)
-            first_bad = torch.full_like(values, -1)
-        if applied:
+        finite = torch.isfinite(values)
+        if applied is None:
             totals += stats
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(values), float(step), first_bad)
+            first_bad = torch.where((first_bad < 0) & ~finite, float(step), first_bad)
         else:  # an overflow the scaler skipped changed nothing: not a non-finite loss, and its inf is not averaged
-            totals += torch.where(torch.isfinite(values).all(), stats, 0.0)
+            totals += torch.where(applied | finite.all(), stats, 0.0)
+            first_bad = torch.where(applied & (first_bad < 0) & ~finite, float(step), first_bad)
 
-        if (step + 1) % print_freq == 0 or step + 1 == total_steps:
-            _check_finite(first_bad, names, epoch, runtime)
-            if runtime.is_main and not progress:
-                avg = totals[:len(names)] / totals[-1].clamp(min=1)
-                terms = " ".join(f"{k} {v:.4f}" for k, v in zip(names, avg.tolist()))
-                log(f"epoch {epoch} [{step + 1}/{total_steps}] {terms} lr {optimizer.param_groups[0]['lr']:.5g}")
-        if stop is not None and stop.should_stop(step, runtime):
-            _check_finite(first_bad, names, epoch, runtime)
+        check = (step + 1) % print_freq == 0 or step + 1 == total_steps
+        stopping = stop is not None and stop.should_stop(step, runtime)
+        if check or stopping:
+            stuck = skips.stuck(step) if skips is not None else None
+            _check_finite(first_bad if stuck is None else torch.where(first_bad >= 0, first_bad, stuck), names,
+                          epoch, runtime)
+        if check and runtime.is_main and not progress:
+            avg = totals[:len(names)] / totals[-1].clamp(min=1)
+            terms = " ".join(f"{k} {v:.4f}" for k, v in zip(names, avg.tolist()))
+            log(f"epoch {epoch} [{step + 1}/{total_steps}] {terms} lr {optimizer.param_groups[0]['lr']:.5g}")
+        if stopping:
             raise Interrupted(step + 1)
         fetch_start = time.perf_counter()
     if totals is None:
@@ -126,8 +163,8 @@ def _train_steps(method, loader, optimizer, runtime, epoch, scaler, start_step, 
     result = {f"loss/{k}": v / count for k, v in zip(names, totals)}
     result["loss/total"] = sum(result.values())
     result["train_acc1"], result["train_acc5"] = (100 * c / count for c in totals[len(names):-1])
-    if scaler is not None:
-        result["skipped_steps"] = skipped  # the ranks skip together: their gradients are all-reduced
+    if skips is not None:
+        result["skipped_steps"] = int(skips.count)  # the ranks skip together: their gradients are all-reduced
     return result
 
 

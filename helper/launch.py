@@ -6,6 +6,7 @@ import sys
 
 import torch
 
+from .distributed import per_process_batch
 from .errors import UsageError
 
 
@@ -52,6 +53,10 @@ def apply_gids(opt, script, argv, before_spawn=None):
         if not on_cpu:
             opt.device = f"cuda:{ids[0]}"
         return
+    # what each process would refuse, refused here once, in one line, before torchrun starts them
+    per_process_batch(opt.batch_size, len(ids))
+    if getattr(opt, "sync_bn", False) and on_cpu:
+        raise UsageError("--sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); drop --sync_bn or run on GPUs")
     if before_spawn is not None:
         before_spawn()
     env = dict(os.environ)
@@ -61,8 +66,11 @@ def apply_gids(opt, script, argv, before_spawn=None):
 
 
 def run_forwarding_signals(command, env):
-    """Run `command`, passing SIGTERM/SIGINT on to it (torchrun then stops its workers, which checkpoint)."""
-    child = subprocess.Popen(command, env=env)
+    """Run `command`, passing SIGTERM/SIGINT on to it (torchrun then stops its workers, which checkpoint).
+
+    The child runs in its own session, so a Ctrl-C in the terminal reaches it once (forwarded), not twice.
+    """
+    child = subprocess.Popen(command, env=env, start_new_session=True)
     previous = {}
 
     def forward(signum, frame):

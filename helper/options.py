@@ -89,6 +89,8 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across DDP ranks")
     g.add_argument("--fused_sgd", action="store_true", help="fused SGD kernel (CUDA)")
     g.add_argument("--compile", action="store_true", help="torch.compile the student and the teacher")
+    g.add_argument("--no_inference_teacher", action="store_true", help="run the teacher module itself in the step "
+                   "(default: a BatchNorm-folded copy in its measured memory format, same outputs up to rounding)")
     g.add_argument("--gpu_data", action="store_true",
                    help="keep CIFAR/Fashion-MNIST on the device and augment there (same distribution)")
     p.set_defaults(official_num_workers=num_workers)

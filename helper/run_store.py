@@ -30,8 +30,13 @@ def plain_config(opt):
 
 
 def config_differences(saved, current):
-    """Names of the options that differ between a saved run and this command line (operational ones ignored)."""
+    """Names of the options that differ between a saved run and this command line (operational ones ignored).
+
+    A seed not given on this command line is not a difference: it is taken from the saved run.
+    """
     keys = (set(saved) | set(current)) - OPERATIONAL_OPTIONS
+    if current.get("seed") is None:
+        keys.discard("seed")
     return sorted(k for k in keys if saved.get(k) != current.get(k))
 
 
@@ -47,6 +52,8 @@ def normalise_saved_config(saved, method_cls=None):
         # before the batch became global, --batch_size was per process
         saved["batch_size_per_process"] = saved["batch_size"]
         saved["batch_size"] = saved["batch_size"] * saved.get("world_size", 1)
+    if saved.get("world_size", 1) == 1:
+        saved["sync_bn"] = False  # it never did anything in one process (today's configs say so)
     weights = getattr(method_cls, "weights", None)
     unset = [k for k in WEIGHT_OPTIONS if k in saved and saved[k] is None]
     if weights is not None and unset:
@@ -63,6 +70,27 @@ def git_commit():
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+_HELD_LOCKS = set()
+
+
+def _close_inherited_locks():
+    """In a forked child (a DataLoader worker): close the inherited lock descriptors.
+
+    The lock belongs to the open file description, so the parent keeps it; without this, workers that outlive a
+    killed parent would hold the run's lock for a few seconds more.
+    """
+    for handle in list(_HELD_LOCKS):
+        try:
+            handle.close()
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class RunLock:
@@ -92,10 +120,12 @@ class RunLock:
         handle.write(f"process {os.getpid()}\n")
         handle.flush()
         self.handle = handle
+        _HELD_LOCKS.add(handle)
 
     def release(self):
         """Drop the lock (also done by the kernel when the process dies)."""
         if self.handle is not None:
+            _HELD_LOCKS.discard(self.handle)
             self.handle.close()  # closing the descriptor releases the flock
             self.handle = None
 
@@ -122,18 +152,38 @@ class RunStore:
         if self.is_main and os.path.isdir(self.run_dir):
             self.lock.acquire()
             self.remove_stale_temporaries()
+        try:
+            self._check_folder(config)
+        except BaseException:
+            self.lock.release()  # a refused command holds nothing
+            raise
+        return self.last_path
+
+    def _check_folder(self, config):
         if self.resume and not os.path.isfile(self.last_path):
             raise UsageError(self._missing_run_message(config))
         if not self.resume and os.path.isfile(self.last_path):
-            raise UsageError(f"{self.run_dir} already holds a run; add --resume to continue it, or pick another "
-                             "--trial")
+            raise UsageError(self._occupied_message(config))
         existing = os.path.abspath(self.run_dir)
         while not os.path.exists(existing):
             existing = os.path.dirname(existing)
         if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
             raise UsageError(f"cannot create the run folder {self.run_dir} ({existing} is not a writable folder); "
                              "choose a writable --save_root")
-        return self.last_path
+
+    def _occupied_message(self, config):
+        """Why a new run cannot start here; when the saved run has other options, which (--resume would refuse them)."""
+        base = f"{self.run_dir} already holds a run"
+        try:
+            with open(os.path.join(self.run_dir, "config.json")) as handle:
+                saved = normalise_saved_config(json.load(handle))
+        except (OSError, ValueError):
+            saved = None
+        diffs = config_differences(saved, config) if saved is not None and config else []
+        if diffs:
+            return (f"{base} with other options: {describe_differences(saved, config, diffs)}; pick another --trial "
+                    "for this command, or continue that run with its saved options plus --resume")
+        return f"{base}; add --resume to continue it, or pick another --trial"
 
     def _missing_run_message(self, config):
         """Why --resume finds no run here: when a sibling run differs only in options named in the folder, say which."""
@@ -182,9 +232,8 @@ class RunStore:
             raise UsageError(f"cannot create the run folder {self.run_dir} ({err.strerror}); choose a writable "
                              "--save_root") from None
         self.lock.acquire()
-        if not self.resume and os.path.isfile(self.last_path):  # another process finished a run here meanwhile
-            raise UsageError(f"{self.run_dir} already holds a run; add --resume to continue it, or pick another "
-                             "--trial")
+        if not self.resume and os.path.isfile(self.last_path):  # another process wrote a run here meanwhile
+            raise UsageError(self._occupied_message(config))
         self.remove_stale_temporaries()
         if not self.resume:
             self.write_text("config.json", json.dumps(config, indent=2) + "\n")

@@ -11,7 +11,8 @@ import torch
 from .checkpoint import plain_number
 from .data import eval_loader, train_loader, worker_count
 from .device_data import device_loader_for
-from .distributed import StageWrapper, check_sync_bn, gather_rng_states, restore_rng_state, sync_buffers
+from .distributed import (StageWrapper, check_sync_bn, gather_rng_states, per_process_batch,
+                          restore_rng_state, sync_buffers)
 from .engine import Interrupted, NonFiniteLoss, train_one_epoch, validate
 from .errors import UsageError
 from .run_store import RunStore, git_commit, plain_config
@@ -20,16 +21,6 @@ from .signals import StopRequest
 from .timing import PHASES, format_duration
 
 INIT_STAGE_EPOCH_OFFSET = 1_000_000
-
-
-def per_process_batch(batch_size, world_size):
-    """--batch_size is the global batch (the paper's meaning) split over the processes; it must divide evenly."""
-    if batch_size % world_size:
-        lower, upper = batch_size // world_size * world_size, -(-batch_size // world_size) * world_size
-        choices = " or ".join(str(b) for b in dict.fromkeys((lower, upper)) if b > 0)
-        raise UsageError(f"--batch_size {batch_size} is the global batch and does not divide over {world_size} "
-                         f"processes; use {choices}")
-    return batch_size // world_size
 
 
 def run_config(opt, world_size):
@@ -46,10 +37,7 @@ def prepare_run_dir(run_dir, name, opt):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     store = RunStore(run_dir, name, resume=opt.resume, is_main=rank == 0, save_root=opt.save_root)
     per_process_batch(opt.batch_size, world)  # refused before anything loads
-    config = run_config(opt, world)
-    if config.get("seed") is None:
-        config.pop("seed")  # drawn later: not a difference to report
-    store.check(config)
+    store.check(run_config(opt, world))
     return store
 
 
@@ -261,7 +249,7 @@ class Trainer:
         scalars = method_scalars(self.method)
         row = {"epoch": epoch, "lr": lr, **train, **scalars, "test_acc": val["acc1"], "test_acc_top5": val["acc5"],
                "test_loss": val["loss"], "images_per_s": images / max(seconds, 1e-9)}
-        self.history.append({k: v for k, v in row.items() if k != "images_per_s"} | {"train_s": seconds})
+        self.history.append(row | {"train_s": seconds})
         eta = (opt.epochs - epoch) * sum(self.epoch_seconds) / len(self.epoch_seconds)
         self.log(f"epoch {epoch}/{opt.epochs} lr {lr:.5g} train loss {train.get('loss/total', 0):.4f} "
                  f"acc {train.get('train_acc1', 0):.2f} | test acc@1 {val['acc1']:.2f} acc@5 {val['acc5']:.2f} "

@@ -12,10 +12,10 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from helper.checkpoint import load_checkpoint
-from helper.distributed import StageWrapper, check_sync_bn, gather_rng_states, restore_rng_state
+from helper.distributed import (StageWrapper, check_sync_bn, gather_rng_states, per_process_batch,
+                                restore_rng_state)
 from helper.errors import UsageError
 from helper.runtime import Runtime, seed_everything
-from helper.trainer import per_process_batch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

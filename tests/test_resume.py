@@ -226,3 +226,5 @@ def test_saved_configs_of_earlier_versions_read_in_todays_terms():
     assert (old["batch_size"], old["batch_size_per_process"]) == (64, 32)
     new = {"batch_size": 64, "world_size": 2, "batch_size_per_process": 32}
     assert normalise_saved_config(new) == new
+    # --sync_bn in one process did nothing; today's configs record it as off
+    assert normalise_saved_config({"batch_size": 64, "sync_bn": True})["sync_bn"] is False

@@ -217,3 +217,55 @@ def test_a_full_disk_at_the_results_line_leaves_no_half_line(tiny_cifar, tmp_pat
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "the disk is full" in err
     assert results.read_text() == '{"run": "earlier"}\n'
     assert (run_folder(tmp_path) / "resnet8_last.pth").is_file()  # the run itself is complete
+
+
+def test_a_loss_that_stays_non_finite_under_fp16_is_caught_although_the_scaler_skips_it():
+    from helper.engine import MAX_SKIPPED_RUN, NonFiniteLoss, train_one_epoch
+    from helper.runtime import Runtime
+
+    class AlwaysInf(InfOnFirstStep):
+        def forward(self, images, targets, index=None, contrast_index=None):
+            self.calls = 0  # every call is the "first"
+            return super().forward(images, targets, index, contrast_index)
+
+    batches = [(torch.randn(4, 4), torch.randint(0, 3, (4,)))] * (MAX_SKIPPED_RUN + 8)
+    runtime = Runtime(torch.device("cpu"), amp_dtype=torch.float16)
+    model = AlwaysInf()
+    with pytest.raises(NonFiniteLoss, match=r"epoch 1, step 1 in term\(s\) ce"):
+        train_one_epoch(model, batches, torch.optim.SGD(model.parameters(), lr=0.1), runtime, 1,
+                        scaler=runtime.grad_scaler(), progress=False, print_freq=10 ** 6)
+
+
+def test_a_refused_command_releases_the_folder_at_once(tiny_cifar, tmp_path):
+    run = tmp_path / "models" / "resnet8_cifar100_lr_0.05_decay_0.0005_trial_0"
+    run.mkdir(parents=True)  # a run killed before its first checkpoint
+    with pytest.raises(UsageError, match="does not exist") as first:
+        train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path, "--resume"))
+    assert first.value is not None  # the failed call's objects are still alive here
+    with pytest.raises(UsageError, match="does not exist"):  # not "in use by process <this one>"
+        train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path, "--resume"))
+
+
+def test_a_new_run_into_an_occupied_folder_names_the_options_it_changed(tiny_cifar, tmp_path):
+    train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path))
+    with pytest.raises(UsageError, match=r"already holds a run with other options: epochs \(saved 1, now 2\)"):
+        train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path, "--epochs", "2"))
+    with pytest.raises(UsageError, match="already holds a run; add --resume"):
+        train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path))
+
+
+def test_an_unset_seed_is_not_reported_as_a_difference(tiny_cifar, teacher_file, tmp_path):
+    args = ["--path_t", teacher_file("resnet8"), "--model_t", "resnet8", "--model_s", "resnet8", "--data_root",
+            tiny_cifar, "--save_root", str(tmp_path), "--epochs", "1", "--batch_size", "32", "--num_workers", "0"]
+    train_cifar_student.main([*args, "-s", "2"])  # the seed is drawn and saved
+    with pytest.raises(UsageError) as refused:
+        train_cifar_student.main([*args, "-s", "4", "--resume"])
+    assert "co_sponge (saved 2, now 4)" in str(refused.value) and "seed (saved" not in str(refused.value)
+
+
+def test_gids_refuses_what_its_processes_would_refuse_in_one_line(tiny_cifar, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(train_cifar_teacher.main, teacher_args(tiny_cifar, tmp_path, "--batch_size", "15", "--gids", "0,1",
+                                                       "--device", "cpu"))
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "does not divide over 2 processes" in err

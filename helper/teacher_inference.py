@@ -1,0 +1,227 @@
+"""The frozen teacher as an inference engine for the distillation step; the original stays as it is.
+
+The step only reads the teacher's features and logits, so it can run a copy made for inference: BatchNorm folded
+into the convolutions (models/fold_bn.py), its own memory format (measured at start-up, cached), optionally
+torch.compile'd (on CPU with inductor's freezing, which prepacks the frozen weights for oneDNN). It runs under
+`torch.no_grad`, not `torch.inference_mode`: inference tensors may not be saved for backward, and several methods
+multiply teacher features with student tensors that need gradients. The copy is a plain attribute of a plain object,
+outside any module tree: it never enters a state dict, an optimizer or DDP.
+"""
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import time
+
+import torch
+
+from models.fold_bn import count_batchnorms, fold_batchnorms
+
+# safety net only: a folded copy further than this from the original (max |diff| / max |value|) is not used
+FOLD_CHECK_RTOL = 1e-3
+FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+
+
+def default_cache_path():
+    """Where start-up layout measurements are kept: $XDG_CACHE_HOME (or ~/.cache)/norm_kd/teacher_layout.json."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "norm_kd", "teacher_layout.json")
+
+
+def device_signature(device):
+    """The machine as far as speed goes: the GPU's name, or the CPU model and thread count; plus torch's version."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = platform.processor() or platform.machine()
+        try:
+            with open("/proc/cpuinfo") as handle:
+                name = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+        except (OSError, StopIteration):
+            pass
+        name = f"{name}, {torch.get_num_threads()} threads"
+    return f"{name}, torch {torch.__version__}"
+
+
+def network_signature(network):
+    """The architecture as far as speed goes: class name and a digest of every parameter's name and shape."""
+    shapes = [(name, tuple(t.shape)) for name, t in network.state_dict().items()]
+    return f"{type(network).__name__}-{hashlib.sha1(repr(shapes).encode()).hexdigest()[:12]}"
+
+
+def _read_cache(path):
+    try:
+        with open(path) as handle:
+            data = json.load(handle)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(path, key, value):
+    """Add one entry to the cache file (atomically); an unwritable cache is no error, only no cache."""
+    from helper.checkpoint import write_text_atomic
+
+    data = _read_cache(path)
+    data[key] = value
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        write_text_atomic(json.dumps(data, indent=1, sort_keys=True), path)
+    except (OSError, RuntimeError):
+        pass
+
+
+def _synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_memory_formats(run, network, example, rounds=2):
+    """Seconds per call of `run(network, x)` with `network` and `x` in each memory format (interleaved, best of rounds).
+
+    `network` is converted in place and left contiguous; one untimed call per format first (oneDNN/cuDNN set-up).
+    """
+    inputs = {name: example.contiguous(memory_format=fmt) for name, fmt in FORMATS.items()}
+    best = dict.fromkeys(FORMATS, float("inf"))
+    for round_ in range(rounds + 1):
+        for name, fmt in FORMATS.items():
+            network.to(memory_format=fmt)
+            _synchronize(example.device)
+            tic = time.perf_counter()
+            run(network, inputs[name])
+            _synchronize(example.device)
+            if round_:  # round 0 is the warm-up
+                best[name] = min(best[name], time.perf_counter() - tic)
+    network.to(memory_format=torch.contiguous_format)
+    return best
+
+
+def _max_relative_difference(reference, candidate):
+    """max |a - b| / max |a| over every tensor of two (features, logits) results."""
+    (feat_a, logit_a), (feat_b, logit_b) = reference, candidate
+    worst = 0.0
+    for a, b in zip(list(feat_a) + [logit_a], list(feat_b) + [logit_b]):
+        scale = a.detach().abs().max().clamp_min(1e-12)
+        worst = max(worst, ((a.detach() - b.detach()).abs().max() / scale).item())
+    return worst
+
+
+class InferenceTeacher:
+    """images -> (features, logits) of an inference copy of `teacher`, as `teacher(images, is_feat=True, preact=...)`.
+
+    `example`: a batch of the training shape on the teacher's device (random values will do), used to find the
+    foldable BatchNorms, to check the folded copy and to measure the memory formats. `memory_format`: "auto"
+    (measured, cached in `cache_path`), "contiguous" or "channels_last". `autocast`: the step's autocast context
+    factory, so that the measurement sees the step's precision. `fold=False` keeps the BatchNorms.
+    """
+
+    def __init__(self, teacher, example, preact=False, memory_format="auto", compile=False, fold=True,
+                 autocast=contextlib.nullcontext, cache_path=None):
+        if memory_format not in ("auto", *FORMATS):
+            raise ValueError(f"memory_format must be auto, {' or '.join(FORMATS)}, not {memory_format!r}")
+        was_training = teacher.training
+        teacher.eval()
+        self.preact, self.device = preact, example.device
+        self.notes = []
+        self._teacher_tensors = list(teacher.parameters()) + list(teacher.buffers())
+        self._versions = self._teacher_versions()
+        try:
+            self.network, self.folded = self._fold(teacher, example, fold)
+        finally:
+            teacher.train(was_training)
+        for p in self.network.parameters():
+            p.requires_grad_(False)
+        self.total_batchnorms = count_batchnorms(teacher)
+        self.memory_format = self._choose_format(memory_format, teacher, example, autocast, cache_path)
+        self.network.to(memory_format=FORMATS[self.memory_format])
+        self.compiled = False
+        self._forward = self.network
+        if compile:
+            self._compile(example, autocast)
+
+    def _teacher_versions(self):
+        return [t._version for t in self._teacher_tensors]
+
+    def _fold(self, teacher, example, fold):
+        """(folded copy, pairs folded) — or an unfolded copy when folding is off or fails its check."""
+        import copy
+
+        probe = example[:2]
+        if not fold:
+            return copy.deepcopy(teacher), 0
+        kwargs = {"is_feat": True, "preact": self.preact}
+        try:
+            folded, pairs = fold_batchnorms(teacher, probe, **kwargs)
+            with torch.no_grad():
+                error = _max_relative_difference(teacher(probe, **kwargs), folded(probe, **kwargs))
+        except Exception as err:  # a model that reads a BatchNorm's tensors besides calling it, say
+            self.notes.append(f"BatchNorm folding failed ({type(err).__name__}: {err}); teacher kept unfolded")
+            return copy.deepcopy(teacher), 0
+        if error > FOLD_CHECK_RTOL:
+            self.notes.append(f"folded teacher differs by {error:.1e} (> {FOLD_CHECK_RTOL}); teacher kept unfolded")
+            return copy.deepcopy(teacher), 0
+        return folded, len(pairs)
+
+    def _run(self, network, x):
+        with torch.no_grad():
+            return network(x, is_feat=True, preact=self.preact)
+
+    def _choose_format(self, requested, teacher, example, autocast, cache_path):
+        if requested != "auto":
+            return requested
+        if example.dim() != 4:
+            return "contiguous"
+        cache_path = cache_path or default_cache_path()
+        key = " | ".join([device_signature(example.device), network_signature(teacher),
+                          f"input {list(example.shape)} {example.dtype}", f"autocast {_autocast_dtype(autocast, example)}",
+                          f"folded {self.folded}", f"preact {self.preact}"])
+        cached = _read_cache(cache_path).get(key)
+        if isinstance(cached, dict) and cached.get("format") in FORMATS:
+            self.layout_seconds, self.layout_source = cached.get("seconds", {}), "cached"
+            return cached["format"]
+        with autocast():  # half the batch (32 images at most) suffices to rank the layouts, at a fraction of the cost
+            seconds = time_memory_formats(self._run, self.network, example[:min(32, max(2, (len(example) + 1) // 2))])
+        choice = min(seconds, key=lambda name: (seconds[name], name != "contiguous"))  # ties: contiguous
+        self.layout_seconds, self.layout_source = seconds, "measured"
+        _write_cache(cache_path, key, {"format": choice, "seconds": seconds})
+        return choice
+
+    def _compile(self, example, autocast):
+        """torch.compile the copy (static shapes; on CPU with freezing) and compile it now, on `example`."""
+        options = {"freezing": True} if example.device.type == "cpu" else None
+        try:
+            compiled = torch.compile(self.network, dynamic=False, options=options)
+            with autocast():
+                self._run(compiled, example.contiguous(memory_format=FORMATS[self.memory_format]))
+        except Exception as err:  # no C++ compiler / triton, an unsupported op: the eager copy still serves
+            self.notes.append(f"torch.compile of the teacher failed ({type(err).__name__}); running it eagerly")
+            return
+        self._forward, self.compiled = compiled, True
+
+    def __call__(self, images):
+        if images.device != self.device:
+            raise RuntimeError(f"the inference teacher lives on {self.device} but the images are on {images.device}; "
+                               "install it after moving the method to its device")
+        if self._teacher_versions() != self._versions:
+            raise RuntimeError("the teacher's weights changed after its inference copy was made; install the "
+                               "inference teacher again after loading the teacher")
+        return self._run(self._forward, images.contiguous(memory_format=FORMATS[self.memory_format]))
+
+    def summary(self):
+        """One line for the log: what was folded, which layout (and why), compiled or not."""
+        layout = self.memory_format
+        seconds = getattr(self, "layout_seconds", None)
+        if seconds:
+            ms = ", ".join(f"{name} {1000 * s:.1f} ms" for name, s in seconds.items())
+            layout += f" ({self.layout_source}: {ms})"
+        parts = [f"{self.folded} of {self.total_batchnorms} BatchNorms folded", layout,
+                 "compiled" if self.compiled else "eager"]
+        return "inference teacher: " + "; ".join(parts + self.notes)
+
+
+def _autocast_dtype(autocast, example):
+    """The dtype `autocast()` computes in on the example's device, or "off"."""
+    kind = example.device.type
+    with autocast():
+        return str(torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else "off"
