@@ -91,6 +91,19 @@ class Distiller(Vanilla):
         teacher.eval()
         self.gamma, self.alpha, self.beta = gamma, alpha, beta
         self.logit_scale, self.kd_T = logit_scale, kd_T
+        self.inference_teacher = None  # a plain object, outside the module tree (see install_inference_teacher)
+
+    def install_inference_teacher(self, example, **options):
+        """Serve `teacher_forward` from an inference copy of the teacher (BN folded, own layout; `options` as
+        helper.teacher_inference.InferenceTeacher). Call it after the method is on its device; returns the copy.
+
+        `self.teacher` stays the original, for checkpoints and validation; the copy is in no state dict.
+        """
+        from helper.teacher_inference import InferenceTeacher
+
+        self.inference_teacher = None
+        self.inference_teacher = InferenceTeacher(self.teacher, example, preact=self.preact, **options)
+        return self.inference_teacher
 
     def train(self, mode=True):
         """Train the student and the method's parts; the teacher always stays in eval mode."""
@@ -99,7 +112,9 @@ class Distiller(Vanilla):
         return self
 
     def teacher_forward(self, images):
-        """Teacher features and logits, without gradients."""
+        """Teacher features and logits, without gradients (from the inference copy when one is installed)."""
+        if self.inference_teacher is not None:
+            return self.inference_teacher(images)
         with torch.no_grad():
             return self.teacher(images, is_feat=True, preact=self.preact)
 

@@ -14,7 +14,7 @@ from .errors import UsageError
 # The teacher file may move (its architecture, `model_t`, is still compared).
 OPERATIONAL_OPTIONS = {"resume", "num_workers", "print_freq", "device", "data_root", "download", "progress",
                        "save_root", "deterministic", "save_freq", "compile", "fused_sgd", "channels_last",
-                       "official_num_workers", "path_t", "gids", "fast_teacher"}
+                       "official_num_workers", "path_t", "gids", "no_inference_teacher"}
 
 # The loss-weight flags and the names Distiller.weights gives them.
 WEIGHT_OPTIONS = {"gamma": "gamma", "alpha": "alpha", "beta": "beta", "ceta": "logit_scale"}

@@ -180,8 +180,8 @@ class InferenceTeacher:
         if isinstance(cached, dict) and cached.get("format") in FORMATS:
             self.layout_seconds, self.layout_source = cached.get("seconds", {}), "cached"
             return cached["format"]
-        with autocast():  # half the batch (32 images at most) suffices to rank the layouts, at a fraction of the cost
-            seconds = time_memory_formats(self._run, self.network, example[:min(32, max(2, (len(example) + 1) // 2))])
+        with autocast():  # 16 images suffice to rank the layouts; six such forwards cost ~1.5 CIFAR batches of 64
+            seconds = time_memory_formats(self._run, self.network, example[:16])
         choice = min(seconds, key=lambda name: (seconds[name], name != "contiguous"))  # ties: contiguous
         self.layout_seconds, self.layout_source = seconds, "measured"
         _write_cache(cache_path, key, {"format": choice, "seconds": seconds})

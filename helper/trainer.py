@@ -74,8 +74,9 @@ class Trainer:
         self.resume_checkpoint = self.store.read_resumable(self.config, type(method)) if opt.resume else None
 
         runtime.to_device(method)
-        if getattr(opt, "compile", False):
-            compile_networks(student, getattr(method, "teacher", None))
+        self.teacher_note = self.install_inference_teacher(train_set)
+        if getattr(opt, "compile", False):  # an inference teacher compiles itself
+            compile_networks(student, None if self.teacher_note else getattr(method, "teacher", None))
         params = [p for p in method.parameters() if p.requires_grad]
         self.optimizer = torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum,
                                          weight_decay=opt.weight_decay, **_sgd_speed_options(runtime, opt))
@@ -91,6 +92,17 @@ class Trainer:
         self.val_loader = eval_loader(val_set, self.batch, runtime, workers // 2)
         self.writer = None
         self.progress = sys.stderr.isatty() if opt.progress is None else opt.progress
+
+    def install_inference_teacher(self, train_set):
+        """Serve the step's teacher forward from a BatchNorm-folded copy in its measured layout (not with
+        --no_inference_teacher); returns what was installed, in words, or None. The teacher itself is unchanged."""
+        if getattr(self.opt, "no_inference_teacher", False) or not hasattr(self.method, "install_inference_teacher"):
+            return None
+        image = train_set[0][0]
+        example = torch.randn(self.batch, *image.shape, device=self.runtime.device)
+        installed = self.method.install_inference_teacher(example, compile=getattr(self.opt, "compile", False),
+                                                          autocast=self.runtime.autocast)
+        return installed.summary()
 
     # ---------------------------------------------------------------- state
     def stateful_parts(self):
@@ -154,6 +166,8 @@ class Trainer:
             if opt.resume:
                 ckpt, self.resume_checkpoint = self.resume_checkpoint, None
                 self.load_state(ckpt)
+                if self.teacher_note:  # made anew from the teacher as it is now, after everything was loaded
+                    self.teacher_note = self.install_inference_teacher(self.train_set)
                 start, _ = self.main.next_start()
                 if self.init is None and start > opt.epochs:
                     self.log(f"{self.run_dir} already finished its {opt.epochs} epochs (best acc@1 "
@@ -165,6 +179,8 @@ class Trainer:
                          "epoch {}, step {}".format(*self.main.next_start()))
                 self.log(f"resuming {self.run_dir} at {where}")
             self.log(f"global batch {opt.batch_size} = {runtime.world_size} x {self.batch}")
+            if self.teacher_note:
+                self.log(self.teacher_note)
             return self._train()
         finally:
             self.store.close()

@@ -11,15 +11,23 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_bench_train_prints_a_row_per_configuration():
+    # two configurations, one timed step each: the reference step and the fast path with its inference teacher
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_train.py"), "--device", "cpu",
-                          "--pair", "resnet8:resnet8", "--steps", "1", "--warmup", "0", "--batch_size", "8",
-                          "--n_data", "64", "--configs", "reference,device_data"],
+                          "--pair", "resnet8:resnet8", "--n", "2", "--steps", "1", "--rounds", "1", "--warmup", "0",
+                          "--breakdown_steps", "1", "--batch_size", "4", "--n_data", "16", "--threads", "1",
+                          "--configs", "reference,fast"],
                          capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    rows = {line.split("|")[1].strip(): line for line in out.stdout.splitlines() if line.startswith("| ")}
-    for config in ("reference", "device_data"):
-        img_per_s = float(rows[config].split("|")[9])
-        assert img_per_s > 0
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[1:-1] for line in out.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| config")}
+    assert list(rows) == ["reference", "fast"]
+    for config, cells in rows.items():
+        assert float(cells[8]) > 0  # img/s
+        phases = [float(c) for c in cells[11:15]]  # teacher, student fwd+loss, backward, optimizer (ms)
+        assert len(phases) == 4 and all(ms >= 0 for ms in phases) and sum(phases) > 0
+    assert rows["reference"][4].strip() == "original" and rows["reference"][9].strip() == "1.00x"
+    assert rows["fast"][4].strip().startswith("inference teacher: 9 of 9 BatchNorms folded; ")
+    assert re.fullmatch(r" \d+\.\d\dx ", rows["fast"][9])
 
 
 def test_epoch_check_reports_epoch_times_and_accuracies(tmp_path):
