@@ -124,8 +124,6 @@ class InferenceTeacher:
         teacher.eval()
         self.preact, self.device = preact, example.device
         self.notes = []
-        self._teacher_tensors = list(teacher.parameters()) + list(teacher.buffers())
-        self._versions = self._teacher_versions()
         try:
             self.network, self.folded = self._fold(teacher, example, fold)
         finally:
@@ -139,9 +137,6 @@ class InferenceTeacher:
         self._forward = self.network
         if compile:
             self._compile(example, autocast)
-
-    def _teacher_versions(self):
-        return [t._version for t in self._teacher_tensors]
 
     def _fold(self, teacher, example, fold):
         """(folded copy, pairs folded) — or an unfolded copy when folding is off or fails its check."""
@@ -203,9 +198,6 @@ class InferenceTeacher:
         if images.device != self.device:
             raise RuntimeError(f"the inference teacher lives on {self.device} but the images are on {images.device}; "
                                "install it after moving the method to its device")
-        if self._teacher_versions() != self._versions:
-            raise RuntimeError("the teacher's weights changed after its inference copy was made; install the "
-                               "inference teacher again after loading the teacher")
         return self._run(self._forward, images.contiguous(memory_format=FORMATS[self.memory_format]))
 
     def summary(self):

@@ -99,9 +99,14 @@ class Trainer:
         if getattr(self.opt, "no_inference_teacher", False) or not hasattr(self.method, "install_inference_teacher"):
             return None
         image = train_set[0][0]
-        example = torch.randn(self.batch, *image.shape, device=self.runtime.device)
+        # its own generator: building the copy (again on resume) must not move the run's RNG stream
+        example = torch.randn(self.batch, *image.shape, generator=torch.Generator().manual_seed(0))
+        example = example.to(self.runtime.device)
+        # --deterministic: no timing-dependent layout choice (a resume must pick the same kernels); under DDP the
+        # ranks' buffers are made equal by broadcasts, which leave the values the copy was made from unchanged
+        layout = "contiguous" if getattr(self.opt, "deterministic", False) else "auto"
         installed = self.method.install_inference_teacher(example, compile=getattr(self.opt, "compile", False),
-                                                          autocast=self.runtime.autocast)
+                                                          autocast=self.runtime.autocast, memory_format=layout)
         return installed.summary()
 
     # ---------------------------------------------------------------- state
