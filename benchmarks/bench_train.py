@@ -1,4 +1,4 @@
-"""Training throughput, time split and peak memory of the NORM distillation step: the official step against the fast path.
+"""Throughput, time split and peak memory of the NORM distillation step: the official step against the fast path.
 
 Each configuration lives in its own child process, so peak memory (CUDA max_memory_allocated, or peak RSS on CPU)
 and warm-up state (cuDNN autotuning, torch.compile) never leak between them. The children are built one after the
@@ -9,7 +9,7 @@ step, so that the throughput numbers are not perturbed by it. One Markdown table
 Not part of the test suite; see benchmarks/README.md.
 
     python3 benchmarks/bench_train.py --steps 20 --warmup 3                 # CPU, resnet32x4 -> resnet8x4
-    python3 benchmarks/bench_train.py --configs reference,nosync,device_data,channels_last,inference_teacher,fast
+    python3 benchmarks/bench_train.py --configs reference,channels_last,inference_teacher,host_memory,fast
 """
 import argparse
 import json
@@ -361,7 +361,8 @@ def split_steps(steps, rounds):
 
 
 HEADER = ("| config | data | amp | channels_last | teacher | compile | fused SGD | sync/step | img/s | vs reference "
-          "| ms/step | teacher ms | student fwd+loss ms | backward ms | optimizer ms | freed host memory | peak memory |\n"
+          "| ms/step | teacher ms | student fwd+loss ms | backward ms | optimizer ms | freed host memory "
+          "| peak memory |\n"
           "|---|---|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
 
 

@@ -1,4 +1,4 @@
-"""Host memory for the training step: freed blocks stay in the process for the next step instead of going back to the OS.
+"""Host memory for the training step: freed blocks stay in the process for the next step, not handed back to the OS.
 
 glibc serves an allocation above its mmap threshold (at most 32 MiB; a CIFAR batch of 64 at 2048 channels x 8 x 8,
 NORM's expanded map for resnet8x4, is 33.5 MiB) with a fresh mmap and gives it back with munmap when it is freed,

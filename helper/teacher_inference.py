@@ -8,6 +8,7 @@ multiply teacher features with student tensors that need gradients. The copy is 
 outside any module tree: it never enters a state dict, an optimizer or DDP.
 """
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -140,8 +141,6 @@ class InferenceTeacher:
 
     def _fold(self, teacher, example, fold):
         """(folded copy, pairs folded) — or an unfolded copy when folding is off or fails its check."""
-        import copy
-
         probe = example[:2]
         if not fold:
             return copy.deepcopy(teacher), 0
@@ -169,8 +168,9 @@ class InferenceTeacher:
             return "contiguous"
         cache_path = cache_path or default_cache_path()
         key = " | ".join([device_signature(example.device), network_signature(teacher),
-                          f"input {list(example.shape)} {example.dtype}", f"autocast {_autocast_dtype(autocast, example)}",
-                          f"folded {self.folded}", f"preact {self.preact}"])
+                          f"input {list(example.shape)} {example.dtype}",
+                          f"autocast {_autocast_dtype(autocast, example)}", f"folded {self.folded}",
+                          f"preact {self.preact}"])
         cached = _read_cache(cache_path).get(key)
         if isinstance(cached, dict) and cached.get("format") in FORMATS:
             self.layout_seconds, self.layout_source = cached.get("seconds", {}), "cached"
