@@ -61,8 +61,9 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=100, help="timed steps per configuration, over all rounds")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds the timed steps are split into")
     p.add_argument("--warmup", type=int, default=20, help="untimed steps first (cuDNN autotuning, compilation)")
-    p.add_argument("--breakdown_steps", type=int, default=3,
-                   help="steps of the separate pass that splits the step into phases (0: no split)")
+    p.add_argument("--breakdown_steps", type=int, default=5,
+                   help="steps with synchronising timers that split the step into phases, spread over the rounds "
+                        "(0: no split)")
     p.add_argument("--batch_size", type=int, default=64, help="images per step")
     p.add_argument("--configs", default="reference,fast", help=f"comma list of: {', '.join(CONFIGS)}")
     p.add_argument("--compile", action="store_true", help="compile student and teacher in 'fast' too (as fast_compile)")
@@ -355,7 +356,7 @@ class Child:
 
 
 def split_steps(steps, rounds):
-    """`steps` as `rounds` near-equal positive parts."""
+    """`steps` as `rounds` near-equal positive parts (fewer parts when there are fewer steps than rounds)."""
     rounds = min(rounds, steps)
     return [steps // rounds + (1 if i < steps % rounds else 0) for i in range(rounds)]
 
@@ -394,21 +395,28 @@ def measure_all(args, argv):
                     failed[name] = str(err)
                     child.close()
             times = {name: [] for name in children}
-            for steps in parts:
+            splits = {name: dict.fromkeys(PHASES, 0.0) for name in children}
+            # the breakdown steps are spread over the rounds too, each after the round's timed steps
+            breakdown = split_steps(args.breakdown_steps, len(parts)) if args.breakdown_steps else []
+            breakdown += [0] * (len(parts) - len(breakdown))
+            for steps, timer_steps in zip(parts, breakdown):
                 for name in list(children):
                     try:
                         times[name].append(children[name].ask(f"run {steps}")["seconds"])
+                        if timer_steps:
+                            split = children[name].ask(f"breakdown {timer_steps}")["split"]
+                            for phase in PHASES:
+                                splits[name][phase] += split[phase] * timer_steps / args.breakdown_steps
                     except RuntimeError as err:
                         failed[name] = str(err)
                         children.pop(name).close()
             for name, child in list(children.items()):
                 try:
-                    split = child.ask(f"breakdown {args.breakdown_steps}")["split"] if args.breakdown_steps else None
                     result = child.ask("report")
                 except RuntimeError as err:
                     failed[name] = str(err)
                     continue
-                result["split"] = split
+                result["split"] = splits[name] if args.breakdown_steps else None
                 result["round_seconds"] = times[name]
                 result["images_per_s"] = args.steps * args.batch_size / sum(times[name])
                 result["ms_per_step"] = 1000 * sum(times[name]) / args.steps
@@ -433,7 +441,8 @@ def main(argv=None):
     teacher, student = args.pair.split(":")
     print(f"NORM {teacher} -> {student}, N={args.n}, {args.num_classes} classes, batch {args.batch_size}, "
           f"{args.steps} timed steps in {min(args.rounds, args.steps)} interleaved rounds after {args.warmup} warm-up "
-          f"steps; phases from {args.breakdown_steps} more steps with synchronising timers", flush=True)
+          f"steps; phases from {args.breakdown_steps} more steps with synchronising timers, spread over the rounds",
+          flush=True)
     results = measure_all(args, argv)
     devices = sorted({r["device"] for r in results if "device" in r})
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
