@@ -14,7 +14,6 @@ Not part of the test suite; see benchmarks/README.md.
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -136,15 +135,11 @@ def peak_memory_mib(device):
 def device_name(device):
     """The GPU's name, or the CPU model and core count."""
     import torch
+    from helper.runtime import device_model_name
 
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            model = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+        return device_model_name(device)
+    model = device_model_name(device)
     return f"{model} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 

@@ -12,11 +12,11 @@ import copy
 import hashlib
 import json
 import os
-import platform
 import time
 
 import torch
 
+from helper.runtime import device_model_name
 from models.fold_bn import count_batchnorms, fold_batchnorms
 
 # safety net only: a folded copy further than this from the original (max |diff| / max |value|) is not used
@@ -32,15 +32,8 @@ def default_cache_path():
 
 def device_signature(device):
     """The machine as far as speed goes: the GPU's name, or the CPU model and thread count; plus torch's version."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = platform.processor() or platform.machine()
-        try:
-            with open("/proc/cpuinfo") as handle:
-                name = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
-        except (OSError, StopIteration):
-            pass
+    name = device_model_name(device)
+    if device.type != "cuda":
         name = f"{name}, {torch.get_num_threads()} threads"
     return f"{name}, torch {torch.__version__}"
 
