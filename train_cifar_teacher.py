@@ -42,7 +42,7 @@ def main(argv=None):
     try:
         apply_gids(opt, os.path.abspath(__file__), sys.argv[1:] if argv is None else argv, before_spawn=store.close)
         resolve_seed(opt, run_dir)
-        runtime = setup_runtime(opt.device, opt.amp, opt.channels_last, opt.deterministic)
+        runtime = setup_runtime(opt.device, opt.amp, opt.channels_last, opt.deterministic, keep_host_memory=True)
         opt.seed = shared_seed(opt.seed, runtime)
         seed_everything(opt.seed + runtime.rank)
         train_set, val_set = load_datasets(opt)

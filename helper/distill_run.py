@@ -85,7 +85,7 @@ def student_main(argv, profile):
     try:
         apply_gids(opt, profile["script"], sys.argv[1:] if argv is None else argv, before_spawn=store.close)
         resolve_seed(opt, run_dir)
-        runtime = setup_runtime(opt.device, opt.amp, opt.channels_last, opt.deterministic)
+        runtime = setup_runtime(opt.device, opt.amp, opt.channels_last, opt.deterministic, keep_host_memory=True)
         opt.seed = shared_seed(opt.seed, runtime)
         seed_everything(opt.seed + runtime.rank)
         image_size = getattr(opt, "image_size", None)

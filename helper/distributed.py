@@ -77,6 +77,15 @@ def sync_buffers(method, runtime, everything=False):
                     dist.broadcast(buffer, 0)
 
 
+def broadcast_from_rank0(value, runtime):
+    """Rank 0's `value` on every rank (a collective under DDP: every rank must call it); `value` itself otherwise."""
+    if not runtime.distributed:
+        return value
+    box = [value if runtime.rank == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def gather_rng_states(runtime):
     """Every rank's RNG state, in rank order (a collective under DDP: every rank must call it)."""
     own = rng_state()

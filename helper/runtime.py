@@ -24,6 +24,7 @@ class Runtime:
     local_rank: int = 0
     amp_dtype: Optional[torch.dtype] = None
     channels_last: bool = False
+    host_memory_kept: bool = False  # glibc keeps freed big blocks for the next step (helper/host_memory.py)
 
     @property
     def is_main(self):
@@ -73,8 +74,12 @@ def choose_device(requested="auto", local_rank=0, world_size=1):
     return torch.device(requested)
 
 
-def setup_runtime(device="auto", amp="none", channels_last=False, deterministic=False):
-    """Read torchrun's environment, join the process group, pick the device and numeric modes."""
+def setup_runtime(device="auto", amp="none", channels_last=False, deterministic=False, keep_host_memory=False):
+    """Read torchrun's environment, join the process group, pick the device and numeric modes.
+
+    `keep_host_memory`: on the CPU, keep freed big blocks in the process (no page faults on every step's large
+    tensors; the process holds its peak heap until it exits); on CUDA the caching allocator already does this.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -91,7 +96,12 @@ def setup_runtime(device="auto", amp="none", channels_last=False, deterministic=
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     else:
         torch.backends.cudnn.benchmark = True
-    return Runtime(dev, rank, world_size, local_rank, AMP_DTYPES[amp], channels_last)
+    kept = False
+    if keep_host_memory and dev.type == "cpu":
+        from .host_memory import keep_freed_host_memory
+
+        kept = keep_freed_host_memory()
+    return Runtime(dev, rank, world_size, local_rank, AMP_DTYPES[amp], channels_last, kept)
 
 
 def seed_everything(seed):

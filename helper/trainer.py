@@ -11,7 +11,7 @@ import torch
 from .checkpoint import plain_number
 from .data import eval_loader, train_loader, worker_count
 from .device_data import device_loader_for
-from .distributed import (StageWrapper, check_sync_bn, gather_rng_states, per_process_batch,
+from .distributed import (StageWrapper, broadcast_from_rank0, check_sync_bn, gather_rng_states, per_process_batch,
                           restore_rng_state, sync_buffers)
 from .engine import Interrupted, NonFiniteLoss, train_one_epoch, validate
 from .errors import UsageError
@@ -105,8 +105,21 @@ class Trainer:
         # --deterministic: no timing-dependent layout choice (a resume must pick the same kernels); under DDP the
         # ranks' buffers are made equal by broadcasts, which leave the values the copy was made from unchanged
         layout = "contiguous" if getattr(self.opt, "deterministic", False) else "auto"
-        installed = self.method.install_inference_teacher(example, compile=getattr(self.opt, "compile", False),
-                                                          autocast=self.runtime.autocast, memory_format=layout)
+        runtime = self.runtime
+
+        def install(memory_format):
+            return self.method.install_inference_teacher(example, compile=getattr(self.opt, "compile", False),
+                                                         autocast=runtime.autocast, memory_format=memory_format)
+
+        if layout == "auto" and runtime.distributed:
+            # rank 0 measures (or reads its cache) and every rank takes its choice: one layout, one set of kernels
+            installed = install(layout) if runtime.rank == 0 else None
+            layout = broadcast_from_rank0(installed.memory_format if installed else None, runtime)
+            if installed is None:
+                installed = install(layout)
+                installed.notes.append("layout chosen by rank 0")
+        else:
+            installed = install(layout)
         return installed.summary()
 
     # ---------------------------------------------------------------- state
@@ -183,7 +196,8 @@ class Trainer:
                 where = (f"init epoch {self.init.next_start()[0]}" if self.init is not None else
                          "epoch {}, step {}".format(*self.main.next_start()))
                 self.log(f"resuming {self.run_dir} at {where}")
-            self.log(f"global batch {opt.batch_size} = {runtime.world_size} x {self.batch}")
+            kept = "; freed host memory kept for reuse" if runtime.host_memory_kept else ""
+            self.log(f"global batch {opt.batch_size} = {runtime.world_size} x {self.batch}{kept}")
             if self.teacher_note:
                 self.log(self.teacher_note)
             return self._train()

@@ -12,8 +12,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from helper.checkpoint import load_checkpoint
-from helper.distributed import (StageWrapper, check_sync_bn, gather_rng_states, per_process_batch,
-                                restore_rng_state)
+from helper.distributed import (StageWrapper, broadcast_from_rank0, check_sync_bn, gather_rng_states,
+                                per_process_batch, restore_rng_state)
 from helper.errors import UsageError
 from helper.runtime import Runtime, seed_everything
 
@@ -76,6 +76,49 @@ def test_two_rank_gradients_equal_the_global_batch_and_each_rank_keeps_its_rng()
     mp.spawn(rank_worker, args=(free_port(),), nprocs=2, join=True)
 
 
+class LayoutRecorder:
+    """A method whose inference teacher 'measures' a different layout on each rank, and records what it was asked."""
+
+    def __init__(self, measured):
+        self.measured, self.asked = measured, []
+
+    def install_inference_teacher(self, example, memory_format, **options):
+        from types import SimpleNamespace
+
+        self.asked.append(memory_format)
+        chosen = self.measured if memory_format == "auto" else memory_format
+        return SimpleNamespace(memory_format=chosen, notes=[], summary=lambda: chosen)
+
+
+def layout_worker(rank, port):
+    from types import SimpleNamespace
+
+    from helper.trainer import Trainer
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        assert broadcast_from_rank0({"rank": rank}, Runtime(torch.device("cpu"), rank=rank, world_size=2)) == \
+            {"rank": 0}
+        method = LayoutRecorder("channels_last" if rank == 0 else "contiguous")
+        trainer = SimpleNamespace(opt=SimpleNamespace(), method=method, batch=2,
+                                  runtime=Runtime(torch.device("cpu"), rank=rank, world_size=2))
+        summary = Trainer.install_inference_teacher(trainer, [(torch.zeros(3, 4, 4), 0)])
+        assert summary == "channels_last"  # rank 1 runs rank 0's measured choice, without measuring
+        assert method.asked == (["auto"] if rank == 0 else ["channels_last"])
+        trainer.opt.deterministic = True  # a fixed layout: no collective, nothing measured
+        assert Trainer.install_inference_teacher(trainer, [(torch.zeros(3, 4, 4), 0)]) == "contiguous"
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_ddp_every_rank_uses_rank_0s_teacher_layout():
+    mp.spawn(layout_worker, args=(free_port(),), nprocs=2, join=True)
+
+
+def test_broadcast_from_rank0_is_the_value_itself_in_one_process():
+    assert broadcast_from_rank0([1, 2], Runtime(torch.device("cpu"))) == [1, 2]
+
+
 def test_the_global_batch_is_split_over_the_processes():
     assert per_process_batch(256, 8) == 32 and per_process_batch(64, 1) == 64
     with pytest.raises(UsageError, match=r"--batch_size 100 is the global batch .* 8 processes; use 96 or 104"):
@@ -108,7 +151,7 @@ def test_two_stage_method_under_ddp_wraps_per_stage_and_resumes_bit_exactly(tiny
     full.mkdir(), part.mkdir()
     done = torchrun([*common, "--save_root", str(full)], full)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "global batch 16 = 2 x 8" in done.stdout
+    assert "global batch 16 = 2 x 8; freed host memory kept for reuse" in done.stdout  # the CPU step's setting
     ranks = [torch.load(full / f"rank{r}.pth", weights_only=True) for r in (0, 1)]
     # the init stage may leave parameters unused; the main stage is wrapped anew without that tax
     assert ranks[0]["wrapped"] == [("init", True), ("main", False)] and ranks[0]["batch"] == 8

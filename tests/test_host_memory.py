@@ -41,3 +41,19 @@ def test_freed_big_blocks_are_reused_instead_of_faulted_in_again():
     pages = 40 * 2**20 // 4096
     assert int(plain) >= pages // 2  # each round maps fresh pages and faults them in
     assert int(kept) < pages // 20  # the freed block is reused
+
+
+RUNTIME_CHILD = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+from helper.runtime import setup_runtime
+print(setup_runtime("cpu").host_memory_kept, setup_runtime("cpu", keep_host_memory=True).host_memory_kept)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc settings")
+def test_the_training_runtime_keeps_freed_host_memory_on_the_cpu_when_asked():
+    out = subprocess.run([sys.executable, "-c", RUNTIME_CHILD, ROOT], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
+
