@@ -30,7 +30,8 @@ if ROOT not in sys.path:
 # official code does for its loss meter. channels_last: the method's memory format (--channels_last). teacher:
 # "original" = the teacher module under no_grad, "inference" = Distiller.install_inference_teacher (BatchNorm
 # folded, own memory format measured at start-up). keep_memory: helper/host_memory.py (freed host blocks are reused,
-# not unmapped and faulted in again every step). amp and fused SGD apply on CUDA only.
+# not unmapped and faulted in again every step). huge_pages: fast with torch's THP_MEM_ALLOC_ENABLE=1 (blocks of
+# 2 MiB and more are 2 MiB-aligned and madvise'd as transparent huge pages). amp and fused SGD apply on CUDA only.
 CONFIGS = {
     "reference": dict(data="host", sync=True, channels_last=False, teacher="original", amp=False, fused=False,
                       compile=False, keep_memory=False),
@@ -46,6 +47,8 @@ CONFIGS = {
                         compile=False, keep_memory=True),
     "fast": dict(data="device", sync=False, channels_last=True, teacher="inference", amp=True, fused=True,
                  compile=False, keep_memory=True),
+    "huge_pages": dict(data="device", sync=False, channels_last=True, teacher="inference", amp=True, fused=True,
+                       compile=False, keep_memory=True, huge_pages=True),
     "fast_compile": dict(data="device", sync=False, channels_last=True, teacher="inference", amp=True, fused=True,
                          compile=True, keep_memory=True),
 }
@@ -64,6 +67,8 @@ def parse_args(argv=None):
                    help="steps with synchronising timers that split the step into phases, spread over the rounds "
                         "(0: no split)")
     p.add_argument("--batch_size", type=int, default=64, help="images per step")
+    p.add_argument("--profile", type=int, default=0,
+                   help="after timing, this many steps per configuration under torch.profiler: its top operators")
     p.add_argument("--configs", default="reference,fast", help=f"comma list of: {', '.join(CONFIGS)}")
     p.add_argument("--compile", action="store_true", help="compile student and teacher in 'fast' too (as fast_compile)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per child (default: torch's own)")
@@ -288,6 +293,19 @@ class Bench:
             split["student"] -= clock.teacher_s  # the teacher runs inside the method's forward
         return {k: v / max(steps, 1) for k, v in split.items()}
 
+    def profile(self, steps, top=12):
+        """The `top` operators by self time over `steps` steps under torch.profiler: [name, ms per step, calls]."""
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                self.step()
+            self.synchronize()
+        key = "self_device_time_total" if self.cuda else "self_cpu_time_total"
+        events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
+        return [[e.key, getattr(e, key) / 1000 / steps, e.count // steps] for e in events]
+
     def report(self):
         """The configuration's description, set-up cost and peak memory."""
         import torch
@@ -313,6 +331,8 @@ def serve(args):
             print(json.dumps({"seconds": bench.run(int(value))}), flush=True)
         elif command == "breakdown":
             print(json.dumps({"split": bench.breakdown(int(value))}), flush=True)
+        elif command == "profile":
+            print(json.dumps({"profile": bench.profile(int(value))}), flush=True)
         elif command == "report":
             print(json.dumps(bench.report()), flush=True)
             return 0
@@ -326,9 +346,14 @@ class Child:
         self.name = name
         # stderr to a file: a pipe nobody reads until the end would fill up (compile logs) and stall the child
         self.stderr = open(os.path.join(scratch, f"{name}.stderr"), "w+")
+        env = dict(os.environ)
+        env.pop("THP_MEM_ALLOC_ENABLE", None)
+        if CONFIGS[name].get("huge_pages"):  # read once, at torch's first allocation: it must be set before start
+            env["THP_MEM_ALLOC_ENABLE"] = "1"
         self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), *argv, "--one", name,
                                          "--layout_cache", os.path.join(scratch, "teacher_layout.json")],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+                                        env=env)
 
     def ask(self, command=None):
         """Send `command` (if any) and return the next JSON line; RuntimeError with the child's last error line."""
@@ -407,7 +432,9 @@ def measure_all(args, argv):
                         children.pop(name).close()
             for name, child in list(children.items()):
                 try:
-                    result = child.ask("report")
+                    profiled = child.ask(f"profile {args.profile}")["profile"] if args.profile else None
+                    result = child.ask("report")  # the child's last answer: it exits after it
+                    result["profile"] = profiled
                 except RuntimeError as err:
                     failed[name] = str(err)
                     continue
@@ -450,6 +477,12 @@ def main(argv=None):
         if "failed" not in r:
             print(f"{r['config']}: set-up {r['setup_s']:.1f} s (inference teacher, compile), warm-up "
                   f"{r['warmup_s']:.1f} s; rounds {', '.join(f'{s:.2f}' for s in r['round_seconds'])} s")
+    for r in results:
+        if r.get("profile"):
+            print(f"\n{r['config']}: top operators by self time (torch.profiler, {args.profile} steps)\n"
+                  "| operator | ms/step | calls/step |\n|---|---:|---:|")
+            for name, ms, calls in r["profile"]:
+                print(f"| {name} | {ms:.1f} | {calls} |")
     return 1 if any("failed" in r for r in results) else 0
 
 

@@ -15,10 +15,11 @@ def test_bench_train_prints_a_row_per_configuration():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_train.py"), "--device", "cpu",
                           "--pair", "resnet8:resnet8", "--n", "2", "--steps", "1", "--rounds", "1", "--warmup", "0",
                           "--breakdown_steps", "1", "--batch_size", "4", "--n_data", "16", "--threads", "1",
-                          "--configs", "reference,fast"],
+                          "--configs", "reference,fast", "--profile", "1"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    rows = {line.split("|")[1].strip(): line.split("|")[1:-1] for line in out.stdout.splitlines()
+    table, _, profiles = out.stdout.partition("top operators by self time")
+    rows = {line.split("|")[1].strip(): line.split("|")[1:-1] for line in table.splitlines()
             if line.startswith("| ") and not line.startswith("| config")}
     assert list(rows) == ["reference", "fast"]
     for config, cells in rows.items():
@@ -28,6 +29,11 @@ def test_bench_train_prints_a_row_per_configuration():
     assert rows["reference"][4].strip() == "original" and rows["reference"][9].strip() == "1.00x"
     assert rows["fast"][4].strip().startswith("inference teacher: 9 of 9 BatchNorms folded; ")
     assert re.fullmatch(r" \d+\.\d\dx ", rows["fast"][9])
+    # a profile per configuration, its operators with their time and calls per step
+    assert out.stdout.count("top operators by self time (torch.profiler, 1 steps)") == 2
+    operators = re.findall(r"^\| (aten::\w+) \| (\d+\.\d) \| (\d+) \|$", profiles, re.M)
+    assert any(name == "aten::mkldnn_convolution" or "conv" in name for name, _, _ in operators)
+    assert all(int(calls) >= 1 for _, _, calls in operators)
 
 
 def test_epoch_check_reports_epoch_times_and_accuracies(tmp_path):
