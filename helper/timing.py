@@ -18,6 +18,10 @@ class StepTimer:
         self.data_s = 0.0
         self.steps = []  # per step: (forward start, [(teacher start, teacher end), ...], forward end, step end)
         self._current = None
+        self._folded = dict.fromkeys(PHASES, 0.0)  # the phases of steps already read and let go
+
+    # steps kept unread on CUDA before the finished ones are read (non-blocking), so an epoch holds few events
+    PENDING_STEPS = 64
 
     def mark(self):
         """A point in time on the device's clock (a recorded CUDA event, or a host timestamp)."""
@@ -49,6 +53,18 @@ class StepTimer:
         self._current[3] = self.mark()
         self.steps.append(self._current)
         self._current = None
+        if not self.cuda or len(self.steps) >= 2 * self.PENDING_STEPS:
+            self._fold_finished()
+
+    def _fold_finished(self):
+        """Add up and drop the leading steps whose last mark has happened (on CUDA: event.query(), no wait)."""
+        done = 0
+        for step in self.steps:
+            if self.cuda and not step[3].query():
+                break
+            self._add(self._folded, step)
+            done += 1
+        del self.steps[:done]
 
     def _seconds(self, start, end):
         return start.elapsed_time(end) / 1000 if self.cuda else end - start
@@ -57,14 +73,18 @@ class StepTimer:
         """Seconds per phase over the steps so far (on CUDA one wait for the last event)."""
         if self.cuda and self.steps:
             self.steps[-1][3].synchronize()
-        totals = dict.fromkeys(PHASES, 0.0)
+        totals = dict(self._folded)
+        for step in self.steps:
+            self._add(totals, step)
         totals["data"] = self.data_s
-        for start, teacher_spans, forward_end, step_end in self.steps:
-            teacher = sum(self._seconds(a, b) for a, b in teacher_spans)
-            totals["teacher"] += teacher
-            totals["student"] += self._seconds(start, forward_end) - teacher
-            totals["backward"] += self._seconds(forward_end, step_end)
         return totals
+
+    def _add(self, totals, step):
+        start, teacher_spans, forward_end, step_end = step
+        teacher = sum(self._seconds(a, b) for a, b in teacher_spans)
+        totals["teacher"] += teacher
+        totals["student"] += self._seconds(start, forward_end) - teacher
+        totals["backward"] += self._seconds(forward_end, step_end)
 
 
 class timed_teacher:

@@ -67,7 +67,8 @@ def test_phase_split_matches_known_durations():
     expected = {"data": 0.02, "teacher": 0.05, "student": 0.03, "backward": 0.04}
     for phase, seconds in expected.items():
         measured = stats[f"time/{phase}_s"]
-        assert 3 * seconds <= measured < 3 * seconds + 0.05, (phase, measured)  # 3 steps; small overheads only
+        # 3 steps; overheads stay well below one misattributed sleep (>= 0.06 s over the epoch)
+        assert 3 * seconds <= measured < 3 * seconds + 0.1, (phase, measured)
     assert "teacher_forward" not in vars(method)  # the timing wrapper is removed after the epoch
 
 
@@ -110,3 +111,45 @@ def test_timing_benchmark_compares_both_settings():
     on, off = main(["--device", "cpu", "--pair", "resnet8:resnet8", "--steps", "1", "--rounds", "1",
                     "--batch_size", "4"])
     assert on > 0 and off > 0
+
+
+class FakeEvent:
+    """A CUDA event stand-in on a fake device clock that advances 1 ms per recorded event; 'finished' on demand."""
+
+    clock, finished_until = 0, 0
+
+    def __init__(self, enable_timing=True):
+        self.time = None
+
+    def record(self):
+        FakeEvent.clock += 1
+        self.time = FakeEvent.clock
+
+    def query(self):
+        return self.time <= FakeEvent.finished_until
+
+    def synchronize(self):
+        FakeEvent.finished_until = max(FakeEvent.finished_until, self.time)
+
+    def elapsed_time(self, end):
+        return float(end.time - self.time)  # milliseconds, as CUDA's
+
+
+def test_cuda_marks_are_read_without_waiting_and_an_epoch_keeps_few_of_them(monkeypatch):
+    from helper.timing import StepTimer
+
+    monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
+    timer = StepTimer(torch.device("cuda"))
+    steps = 1000
+    for _ in range(steps):  # marks 1..5 per step: start, teacher start, teacher end, forward done, step end
+        timer.start_step()
+        timer.teacher(timer.mark(), timer.mark())
+        timer.forward_done()
+        timer.end_step()
+        FakeEvent.finished_until = FakeEvent.clock - 5 * 10  # the device runs ten steps behind the host
+        assert len(timer.steps) <= 2 * StepTimer.PENDING_STEPS  # finished steps are read and let go
+    totals = timer.totals()
+    # per step: teacher end - start = 1 ms, start -> forward done = 3 ms (teacher included), then 1 ms
+    assert totals["teacher"] == pytest.approx(steps * 0.001)
+    assert totals["student"] == pytest.approx(steps * 0.002)
+    assert totals["backward"] == pytest.approx(steps * 0.001)
