@@ -82,12 +82,12 @@ def parser():
                    help="folder with the Fashion-MNIST idx files (default: Debian's /usr/share/datasets/fashion-mnist)")
     p.add_argument("--teacher", default="resnet14", help="teacher architecture (default resnet14)")
     p.add_argument("--student", default="resnet8", help="student architecture (default resnet8)")
-    p.add_argument("--teacher_epochs", type=positive_int, default=8, help="teacher epochs (default 8)")
-    p.add_argument("--epochs", type=positive_int, default=5, help="epochs of every student (default 5)")
-    p.add_argument("--train_subset", type=non_negative_int, default=5000,
-                   help="the first N training images (0: all 60000; default 5000)")
-    p.add_argument("--test_subset", type=non_negative_int, default=2000,
-                   help="the first N test images (0: all 10000; default 2000)")
+    p.add_argument("--teacher_epochs", type=positive_int, default=10, help="teacher epochs (default 10)")
+    p.add_argument("--epochs", type=positive_int, default=8, help="epochs of every student (default 8)")
+    p.add_argument("--train_subset", type=non_negative_int, default=10000,
+                   help="the first N training images (0: all 60000; default 10000)")
+    p.add_argument("--test_subset", type=non_negative_int, default=5000,
+                   help="the first N test images (0: all 10000; default 5000)")
     p.add_argument("--seeds", type=seed_int, nargs="+", default=[0, 1, 2], help="student seeds (default 0 1 2)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD",
                    help=f"methods (default all: {' '.join(METHODS)})")
