@@ -435,6 +435,9 @@ def measure_all(args, argv):
                     profiled = child.ask(f"profile {args.profile}")["profile"] if args.profile else None
                     result = child.ask("report")  # the child's last answer: it exits after it
                     result["profile"] = profiled
+                    # gone before the next child is profiled: a process tearing down (profiler threads, its heap)
+                    # took a core and doubled the next profile's times
+                    children.pop(name).close()
                 except RuntimeError as err:
                     failed[name] = str(err)
                     continue
