@@ -91,7 +91,7 @@ def test_an_interrupted_cell_resumes_and_cells_never_share_a_folder(tmp_path):
     assert resumed[resumed.index("-s") + 1] == "8" and resumed[resumed.index("--distill") + 1] == "NORM_CRD"
     teacher = ledger.cell_command(opt, ledger.Cell(None, 0, teacher=True), "data", str(save))
     assert os.path.basename(teacher[1]) == "train_cifar_teacher.py"
-    assert teacher[teacher.index("--model") + 1] == "resnet14" and teacher[teacher.index("--epochs") + 1] == "8"
+    assert teacher[teacher.index("--model") + 1] == "resnet14" and teacher[teacher.index("--epochs") + 1] == "10"
 
 
 def test_bad_methods_and_models_are_refused_in_one_line(tmp_path):
