@@ -302,9 +302,13 @@ class Bench:
             for _ in range(steps):
                 self.step()
             self.synchronize()
-        key = "self_device_time_total" if self.cuda else "self_cpu_time_total"
-        events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
-        return [[e.key, getattr(e, key) / 1000 / steps, e.count // steps] for e in events]
+        def self_us(event):  # device time on CUDA (self_cuda_time_total before torch 2.4)
+            if not self.cuda:
+                return event.self_cpu_time_total
+            return getattr(event, "self_device_time_total", None) or getattr(event, "self_cuda_time_total", 0)
+
+        events = sorted(prof.key_averages(), key=self_us, reverse=True)[:top]
+        return [[e.key, self_us(e) / 1000 / steps, round(e.count / steps, 1)] for e in events]
 
     def report(self):
         """The configuration's description, set-up cost and peak memory."""
@@ -317,7 +321,7 @@ class Bench:
         return {"config": self.name, "device": device_name(self.runtime.device), "data": cfg["data"],
                 "amp": self.amp, "channels_last": cfg["channels_last"], "teacher": self.teacher_summary,
                 "compile": cfg["compile"], "fused_sgd": self.fused, "sync": cfg["sync"],
-                "keep_memory": cfg["keep_memory"], "setup_s": self.setup_s,
+                "keep_memory": cfg["keep_memory"], "huge_pages": bool(cfg.get("huge_pages")), "setup_s": self.setup_s,
                 "warmup_s": self.warmup_s, "peak_mib": memory, "memory_kind": memory_kind}
 
 
@@ -394,7 +398,7 @@ def row(r):
     split = " | ".join(f"{1000 * r['split'][k]:.0f}" if r.get("split") else "-" for k in PHASES)
     return (f"| {r['config']} | {r['data']} | {r['amp']} | {yes[r['channels_last']]} | {r['teacher']} | "
             f"{yes[r['compile']]} | {yes[r['fused_sgd']]} | {yes[r['sync']]} | {r['images_per_s']:.0f} | {ratio} | "
-            f"{r['ms_per_step']:.1f} | {split} | {'kept' if r['keep_memory'] else 'returned'} | "
+            f"{r['ms_per_step']:.1f} | {split} | {('kept' if r['keep_memory'] else 'returned') + (', huge pages' if r.get('huge_pages') else '')} | "
             f"{r['peak_mib']:.0f} MiB ({r['memory_kind']}) |")
 
 
@@ -485,7 +489,7 @@ def main(argv=None):
             print(f"\n{r['config']}: top operators by self time (torch.profiler, {args.profile} steps)\n"
                   "| operator | ms/step | calls/step |\n|---|---:|---:|")
             for name, ms, calls in r["profile"]:
-                print(f"| {name} | {ms:.1f} | {calls} |")
+                print(f"| {name} | {ms:.1f} | {calls:g} |")
     return 1 if any("failed" in r for r in results) else 0
 
 

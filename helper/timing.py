@@ -1,7 +1,8 @@
 """Where a training epoch's time goes: data wait, teacher forward, student forward + loss, backward + step.
 
-On CPU the phases are host timers (the work is synchronous). On CUDA they are CUDA events, recorded without waiting
-and read once at the end of the epoch, so the step gains no host synchronisation.
+On CPU the phases are host timers (the work is synchronous). On CUDA they are CUDA events, recorded without waiting;
+finished ones are read with a non-blocking `query()` once 128 steps are pending, and the rest at the end of the
+epoch (one wait), so the step gains no host synchronisation.
 """
 import time
 
@@ -20,7 +21,8 @@ class StepTimer:
         self._current = None
         self._folded = dict.fromkeys(PHASES, 0.0)  # the phases of steps already read and let go
 
-    # steps kept unread on CUDA before the finished ones are read (non-blocking), so an epoch holds few events
+    # on CUDA the finished steps are read (non-blocking) once 2 * PENDING_STEPS steps are unread, so an epoch
+    # holds at most a few hundred events
     PENDING_STEPS = 64
 
     def mark(self):

@@ -107,16 +107,19 @@ class Trainer:
         layout = "contiguous" if getattr(self.opt, "deterministic", False) else "auto"
         runtime = self.runtime
 
-        def install(memory_format):
-            return self.method.install_inference_teacher(example, compile=getattr(self.opt, "compile", False),
-                                                         autocast=runtime.autocast, memory_format=memory_format)
+        compile = getattr(self.opt, "compile", False)
+
+        def install(memory_format, compile=compile):
+            return self.method.install_inference_teacher(example, compile=compile, autocast=runtime.autocast,
+                                                         memory_format=memory_format)
 
         if layout == "auto" and runtime.distributed:
-            # rank 0 measures (or reads its cache) and every rank takes its choice: one layout, one set of kernels
-            installed = install(layout) if runtime.rank == 0 else None
-            layout = broadcast_from_rank0(installed.memory_format if installed else None, runtime)
-            if installed is None:
-                installed = install(layout)
+            # rank 0 measures (or reads its cache) and every rank takes its choice: one layout, one set of kernels.
+            # Only the measurement precedes the broadcast; each rank compiles after it, all at the same time.
+            measured = install(layout, compile=False) if runtime.rank == 0 else None
+            layout = broadcast_from_rank0(measured.memory_format if measured else None, runtime)
+            installed = measured if measured is not None and not compile else install(layout)
+            if runtime.rank != 0:
                 installed.notes.append("layout chosen by rank 0")
         else:
             installed = install(layout)

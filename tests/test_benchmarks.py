@@ -31,9 +31,9 @@ def test_bench_train_prints_a_row_per_configuration():
     assert re.fullmatch(r" \d+\.\d\dx ", rows["fast"][9])
     # a profile per configuration, its operators with their time and calls per step
     assert out.stdout.count("top operators by self time (torch.profiler, 1 steps)") == 2
-    operators = re.findall(r"^\| (aten::\w+) \| (\d+\.\d) \| (\d+) \|$", profiles, re.M)
+    operators = re.findall(r"^\| (aten::\w+) \| (\d+\.\d) \| (\d+(?:\.\d)?) \|$", profiles, re.M)
     assert any(name == "aten::mkldnn_convolution" or "conv" in name for name, _, _ in operators)
-    assert all(int(calls) >= 1 for _, _, calls in operators)
+    assert all(float(calls) > 0 for _, _, calls in operators)
 
 
 def test_epoch_check_reports_epoch_times_and_accuracies(tmp_path):

@@ -1,7 +1,6 @@
 """DDP on CPU (gloo, 2 ranks): gradients of the global batch, per-stage wrapping, per-rank RNG, --gids, --sync_bn."""
 import copy
 import os
-import socket
 import subprocess
 import sys
 
@@ -20,12 +19,6 @@ from helper.runtime import Runtime, seed_everything
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def freeze_batchnorm(module):
     """BN in eval mode: each sample's gradient no longer depends on the rest of its shard."""
     for m in module.modules():
@@ -33,9 +26,9 @@ def freeze_batchnorm(module):
             m.eval()
 
 
-def rank_worker(rank, port):
+def rank_worker(rank, rendezvous):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     runtime = Runtime(torch.device("cpu"), rank=rank, world_size=2)
     try:
         from distiller_zoo.base import Distiller
@@ -72,30 +65,32 @@ def rank_worker(rank, port):
         dist.destroy_process_group()
 
 
-def test_two_rank_gradients_equal_the_global_batch_and_each_rank_keeps_its_rng():
-    mp.spawn(rank_worker, args=(free_port(),), nprocs=2, join=True)
+def test_two_rank_gradients_equal_the_global_batch_and_each_rank_keeps_its_rng(tmp_path):
+    # a file rendezvous: no free port to pick (and lose to another process) first
+    mp.spawn(rank_worker, args=(str(tmp_path / "rendezvous"),), nprocs=2, join=True)
 
 
 class LayoutRecorder:
     """A method whose inference teacher 'measures' a different layout on each rank, and records what it was asked."""
 
     def __init__(self, measured):
-        self.measured, self.asked = measured, []
+        self.measured, self.asked, self.compiled = measured, [], []
 
-    def install_inference_teacher(self, example, memory_format, **options):
+    def install_inference_teacher(self, example, memory_format, compile=False, **options):
         from types import SimpleNamespace
 
         self.asked.append(memory_format)
+        self.compiled.append(compile)
         chosen = self.measured if memory_format == "auto" else memory_format
         return SimpleNamespace(memory_format=chosen, notes=[], summary=lambda: chosen)
 
 
-def layout_worker(rank, port):
+def layout_worker(rank, rendezvous):
     from types import SimpleNamespace
 
     from helper.trainer import Trainer
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     try:
         assert broadcast_from_rank0({"rank": rank}, Runtime(torch.device("cpu"), rank=rank, world_size=2)) == \
             {"rank": 0}
@@ -105,14 +100,21 @@ def layout_worker(rank, port):
         summary = Trainer.install_inference_teacher(trainer, [(torch.zeros(3, 4, 4), 0)])
         assert summary == "channels_last"  # rank 1 runs rank 0's measured choice, without measuring
         assert method.asked == (["auto"] if rank == 0 else ["channels_last"])
+        assert all(not compiled for compiled in method.compiled)
+        # with --compile, rank 0 measures uncompiled before the broadcast; every rank compiles rank 0's layout after it
+        method.asked, method.compiled, trainer.opt.compile = [], [], True
+        assert Trainer.install_inference_teacher(trainer, [(torch.zeros(3, 4, 4), 0)]) == "channels_last"
+        expected = [("auto", False), ("channels_last", True)] if rank == 0 else [("channels_last", True)]
+        assert list(zip(method.asked, method.compiled)) == expected
+        trainer.opt.compile = False
         trainer.opt.deterministic = True  # a fixed layout: no collective, nothing measured
         assert Trainer.install_inference_teacher(trainer, [(torch.zeros(3, 4, 4), 0)]) == "contiguous"
     finally:
         dist.destroy_process_group()
 
 
-def test_under_ddp_every_rank_uses_rank_0s_teacher_layout():
-    mp.spawn(layout_worker, args=(free_port(),), nprocs=2, join=True)
+def test_under_ddp_every_rank_uses_rank_0s_teacher_layout(tmp_path):
+    mp.spawn(layout_worker, args=(str(tmp_path / "rendezvous"),), nprocs=2, join=True)
 
 
 def test_broadcast_from_rank0_is_the_value_itself_in_one_process():
