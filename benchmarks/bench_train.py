@@ -182,15 +182,15 @@ class Bench:
             torch.set_num_threads(args.threads)
         self.clock = CLOCKS[args.clock]
         cfg = dict(CONFIGS[name])
-        if cfg["keep_memory"]:
-            from helper.host_memory import keep_freed_host_memory
-            cfg["keep_memory"] = keep_freed_host_memory()  # first, before the big allocations
         cfg["compile"] = cfg["compile"] or (args.compile and name == "fast")
         cuda = choose_device(args.device).type == "cuda"
         self.cfg, self.cuda, self.args, self.name = cfg, cuda, args, name
         self.amp = "bf16" if cfg["amp"] and cuda else "none"
         self.fused = cfg["fused"] and cuda
-        self.runtime = runtime = setup_runtime(args.device, self.amp, cfg["channels_last"])
+        # the training scripts' own switch (CPU only), set before any big allocation
+        self.runtime = runtime = setup_runtime(args.device, self.amp, cfg["channels_last"],
+                                               keep_host_memory=cfg["keep_memory"])
+        cfg["keep_memory"] = runtime.host_memory_kept
         seed_everything(0)
 
         teacher_name, student_name = args.pair.split(":")
@@ -302,6 +302,7 @@ class Bench:
             for _ in range(steps):
                 self.step()
             self.synchronize()
+
         def self_us(event):  # device time on CUDA (self_cuda_time_total before torch 2.4)
             if not self.cuda:
                 return event.self_cpu_time_total
@@ -321,8 +322,8 @@ class Bench:
         return {"config": self.name, "device": device_name(self.runtime.device), "data": cfg["data"],
                 "amp": self.amp, "channels_last": cfg["channels_last"], "teacher": self.teacher_summary,
                 "compile": cfg["compile"], "fused_sgd": self.fused, "sync": cfg["sync"],
-                "keep_memory": cfg["keep_memory"], "huge_pages": bool(cfg.get("huge_pages")), "setup_s": self.setup_s,
-                "warmup_s": self.warmup_s, "peak_mib": memory, "memory_kind": memory_kind}
+                "keep_memory": cfg["keep_memory"], "huge_pages": bool(cfg.get("huge_pages")),
+                "setup_s": self.setup_s, "warmup_s": self.warmup_s, "peak_mib": memory, "memory_kind": memory_kind}
 
 
 def serve(args):
@@ -396,9 +397,10 @@ def row(r):
     yes = {True: "yes", False: "no"}
     ratio = f"{r['vs_reference']:.2f}x" if r.get("vs_reference") else "-"
     split = " | ".join(f"{1000 * r['split'][k]:.0f}" if r.get("split") else "-" for k in PHASES)
+    memory = ("kept" if r["keep_memory"] else "returned") + (", huge pages" if r.get("huge_pages") else "")
     return (f"| {r['config']} | {r['data']} | {r['amp']} | {yes[r['channels_last']]} | {r['teacher']} | "
             f"{yes[r['compile']]} | {yes[r['fused_sgd']]} | {yes[r['sync']]} | {r['images_per_s']:.0f} | {ratio} | "
-            f"{r['ms_per_step']:.1f} | {split} | {('kept' if r['keep_memory'] else 'returned') + (', huge pages' if r.get('huge_pages') else '')} | "
+            f"{r['ms_per_step']:.1f} | {split} | {memory} | "
             f"{r['peak_mib']:.0f} MiB ({r['memory_kind']}) |")
 
 

@@ -17,7 +17,8 @@ class StepTimer:
     def __init__(self, device):
         self.cuda = device.type == "cuda"
         self.data_s = 0.0
-        self.steps = []  # per step: (forward start, [(teacher start, teacher end), ...], forward end, step end)
+        # on CUDA, the unread steps: (forward start, [(teacher start, teacher end), ...], forward end, step end)
+        self.steps = []
         self._current = None
         self._folded = dict.fromkeys(PHASES, 0.0)  # the phases of steps already read and let go
 
@@ -53,16 +54,19 @@ class StepTimer:
     def end_step(self):
         """Backward pass and optimizer step are issued."""
         self._current[3] = self.mark()
-        self.steps.append(self._current)
+        if not self.cuda:  # host times are known at once
+            self._add(self._folded, self._current)
+        else:
+            self.steps.append(self._current)
+            if len(self.steps) >= 2 * self.PENDING_STEPS:
+                self._fold_finished()
         self._current = None
-        if not self.cuda or len(self.steps) >= 2 * self.PENDING_STEPS:
-            self._fold_finished()
 
     def _fold_finished(self):
-        """Add up and drop the leading steps whose last mark has happened (on CUDA: event.query(), no wait)."""
+        """Add up and drop the leading steps whose last event has happened (event.query(): no wait)."""
         done = 0
         for step in self.steps:
-            if self.cuda and not step[3].query():
+            if not step[3].query():
                 break
             self._add(self._folded, step)
             done += 1

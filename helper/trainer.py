@@ -105,9 +105,7 @@ class Trainer:
         # --deterministic: no timing-dependent layout choice (a resume must pick the same kernels); under DDP the
         # ranks' buffers are made equal by broadcasts, which leave the values the copy was made from unchanged
         layout = "contiguous" if getattr(self.opt, "deterministic", False) else "auto"
-        runtime = self.runtime
-
-        compile = getattr(self.opt, "compile", False)
+        runtime, compile = self.runtime, getattr(self.opt, "compile", False)
 
         def install(memory_format, compile=compile):
             return self.method.install_inference_teacher(example, compile=compile, autocast=runtime.autocast,
