@@ -69,6 +69,9 @@ def parse_args(argv=None):
     p.add_argument("--batch_size", type=int, default=64, help="images per step")
     p.add_argument("--profile", type=int, default=0,
                    help="after timing, this many steps per configuration under torch.profiler: its top operators")
+    p.add_argument("--conv_time", type=int, default=0,
+                   help="after timing, this many steps per configuration with every convolution call timed: how much "
+                        "of the step is convolution, i.e. what no other change to the step can remove")
     p.add_argument("--configs", default="reference,fast", help=f"comma list of: {', '.join(CONFIGS)}")
     p.add_argument("--compile", action="store_true", help="compile student and teacher in 'fast' too (as fast_compile)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per child (default: torch's own)")
@@ -81,8 +84,10 @@ def parse_args(argv=None):
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: serve this configuration to the parent
     p.add_argument("--layout_cache", help=argparse.SUPPRESS)  # internal: the inference teacher's layout cache
     args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0 or args.rounds < 1 or args.breakdown_steps < 0 or args.batch_size < 1:
-        p.error("--steps, --rounds and --batch_size must be at least 1, --warmup and --breakdown_steps at least 0")
+    if (args.steps < 1 or args.warmup < 0 or args.rounds < 1 or args.breakdown_steps < 0 or args.batch_size < 1
+            or args.conv_time < 0 or args.profile < 0):
+        p.error("--steps, --rounds and --batch_size must be at least 1, --warmup, --breakdown_steps, --profile and "
+                "--conv_time at least 0")
     unknown = [c for c in args.configs.split(",") if c not in CONFIGS]
     if unknown:
         p.error(f"unknown --configs {', '.join(unknown)}; choose from {', '.join(CONFIGS)}")
@@ -311,6 +316,40 @@ class Bench:
         events = sorted(prof.key_averages(), key=self_us, reverse=True)[:top]
         return [[e.key, self_us(e) / 1000 / steps, round(e.count / steps, 1)] for e in events]
 
+    def conv_time(self, steps):
+        """Seconds per step spent in convolutions, and their calls per step, over `steps` real steps.
+
+        Every aten.convolution and aten.convolution_backward call is timed where it runs (a dispatch mode around
+        the step; synchronising around each call on CUDA), so its inputs come warm from the op before, as in the
+        timed steps; the mode's cost on the other operators is not counted. None for a compiled configuration
+        (its convolutions are not aten calls).
+        """
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        if self.cfg["compile"]:
+            return None
+        convolutions = (torch.ops.aten.convolution.default, torch.ops.aten.convolution_backward.default)
+        spent = {"seconds": 0.0, "calls": 0}
+        bench = self
+
+        class ConvolutionTimer(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if func not in convolutions:
+                    return func(*args, **(kwargs or {}))
+                bench.synchronize()
+                tic = bench.clock()
+                out = func(*args, **(kwargs or {}))
+                bench.synchronize()
+                spent["seconds"] += bench.clock() - tic
+                spent["calls"] += 1
+                return out
+
+        with ConvolutionTimer():
+            for _ in range(steps):
+                self.step()
+        return spent["seconds"] / steps, spent["calls"] / steps
+
     def report(self):
         """The configuration's description, set-up cost and peak memory."""
         import torch
@@ -336,6 +375,8 @@ def serve(args):
             print(json.dumps({"seconds": bench.run(int(value))}), flush=True)
         elif command == "breakdown":
             print(json.dumps({"split": bench.breakdown(int(value))}), flush=True)
+        elif command == "conv_time":
+            print(json.dumps({"conv_time": bench.conv_time(int(value))}), flush=True)
         elif command == "profile":
             print(json.dumps({"profile": bench.profile(int(value))}), flush=True)
         elif command == "report":
@@ -439,8 +480,9 @@ def measure_all(args, argv):
             for name, child in list(children.items()):
                 try:
                     profiled = child.ask(f"profile {args.profile}")["profile"] if args.profile else None
+                    convs = child.ask(f"conv_time {args.conv_time}")["conv_time"] if args.conv_time else None
                     result = child.ask("report")  # the child's last answer: it exits after it
-                    result["profile"] = profiled
+                    result["profile"], result["conv_time"] = profiled, convs
                     # gone before the next child is profiled: a process tearing down (profiler threads, its heap)
                     # took a core and doubled the next profile's times
                     children.pop(name).close()
@@ -486,6 +528,16 @@ def main(argv=None):
         if "failed" not in r:
             print(f"{r['config']}: set-up {r['setup_s']:.1f} s (inference teacher, compile), warm-up "
                   f"{r['warmup_s']:.1f} s; rounds {', '.join(f'{s:.2f}' for s in r['round_seconds'])} s")
+    reference = next((r for r in results if r["config"] == "reference" and "failed" not in r), None)
+    for r in results:
+        if r.get("conv_time"):
+            seconds, calls = r["conv_time"]
+            bound = f"; a step of nothing else would be {reference['ms_per_step'] / (1000 * seconds):.2f}x the " \
+                    "reference step" if reference else ""
+            print(f"{r['config']}: convolutions {1000 * seconds:.1f} ms per step in {calls:g} calls "
+                  f"({100 * 1000 * seconds / r['ms_per_step']:.0f}% of its step){bound}")
+        elif args.conv_time and "failed" not in r:
+            print(f"{r['config']}: convolution time not measured (compiled: its convolutions are not aten calls)")
     for r in results:
         if r.get("profile"):
             print(f"\n{r['config']}: top operators by self time (torch.profiler, {args.profile} steps)\n"

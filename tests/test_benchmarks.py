@@ -15,7 +15,7 @@ def test_bench_train_prints_a_row_per_configuration():
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_train.py"), "--device", "cpu",
                           "--pair", "resnet8:resnet8", "--n", "2", "--steps", "1", "--rounds", "1", "--warmup", "0",
                           "--breakdown_steps", "1", "--batch_size", "4", "--n_data", "16", "--threads", "1",
-                          "--configs", "reference,fast", "--profile", "1"],
+                          "--configs", "reference,fast", "--profile", "1", "--conv_time", "1"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     table, _, profiles = out.stdout.partition("top operators by self time")
@@ -34,6 +34,18 @@ def test_bench_train_prints_a_row_per_configuration():
     operators = re.findall(r"^\| (aten::\w+) \| (\d+\.\d) \| (\d+(?:\.\d)?) \|$", profiles, re.M)
     assert any(name == "aten::mkldnn_convolution" or "conv" in name for name, _, _ in operators)
     assert all(float(calls) > 0 for _, _, calls in operators)
+    # the convolutions timed in place: the teacher's forward, the student's (with NORM's two 1x1) forward and backward
+    import torch
+    from models import model_dict
+
+    def convs(name):
+        return sum(isinstance(m, torch.nn.Conv2d) for m in model_dict[name](num_classes=100).modules())
+    expected = convs("resnet8") + 2 * (convs("resnet8") + 2)
+    floors = re.findall(r"^(reference|fast): convolutions (\d+\.\d) ms per step in (\d+) calls "
+                        r"\((\d+)% of its step\); a step of nothing else would be (\d+\.\d\d)x the reference step$",
+                        out.stdout, re.M)
+    assert [(config, int(calls)) for config, _, calls, _, _ in floors] == [("reference", expected), ("fast", expected)]
+    assert all(float(ms) > 0 and float(ratio) > 0 for _, ms, _, _, ratio in floors)
 
 
 def test_epoch_check_reports_epoch_times_and_accuracies(tmp_path):
