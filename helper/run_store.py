@@ -101,10 +101,14 @@ class RunLock:
         self.handle = None
 
     def acquire(self):
-        """Take the lock, or a UsageError naming the process that holds it."""
+        """Take the lock, or a one-line UsageError: the process that holds it, or why the folder cannot be locked."""
         if self.handle is not None:
             return
-        handle = open(self.path, "a+")
+        folder = os.path.dirname(self.path)
+        try:
+            handle = open(self.path, "a+")
+        except OSError as err:
+            raise UsageError(_unlockable_message(folder, self.path, err)) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
@@ -112,13 +116,19 @@ class RunLock:
             holder = handle.read().strip() or "another process"
             handle.close()
             if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise UsageError(f"{os.path.dirname(self.path)} is in use by {holder}; wait for it to finish (or stop "
+                raise UsageError(f"{folder} is in use by {holder}; wait for it to finish (or stop "
                                  "it), or pick another --trial") from None
-            raise
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}\n")
-        handle.flush()
+            # ENOLCK, EINVAL, ...: a file system without flock (some network mounts)
+            raise UsageError(f"cannot lock {self.path} ({_reason(err)}); the file system of {folder} does not "
+                             "support file locks: use a --save_root on a local disk") from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()}\n")
+            handle.flush()
+        except OSError as err:
+            handle.close()  # releases the lock: a refused command holds nothing
+            raise UsageError(_unlockable_message(folder, self.path, err)) from None
         self.handle = handle
         _HELD_LOCKS.add(handle)
 
@@ -167,6 +177,9 @@ class RunStore:
         existing = os.path.abspath(self.run_dir)
         while not os.path.exists(existing):
             existing = os.path.dirname(existing)
+        if existing == os.path.abspath(self.run_dir) and not os.access(existing, os.W_OK):
+            raise UsageError(f"the run folder {self.run_dir} is not writable; make it writable (chmod u+w), or "
+                             "copy it to a writable --save_root and run there")
         if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
             raise UsageError(f"cannot create the run folder {self.run_dir} ({existing} is not a writable folder); "
                              "choose a writable --save_root")
@@ -198,7 +211,9 @@ class RunStore:
     def _closest_sibling(self, config):
         """(last file, saved config, differing options) of the run beside this one that differs in the fewest options."""
         best = None
-        for path in glob.glob(os.path.join(os.path.dirname(self.run_dir), "*", f"{self.name}_last.pth")):
+        # escaped: a --save_root or file name with [ ] * ? is a literal path, not a pattern
+        pattern = os.path.join(glob.escape(os.path.dirname(self.run_dir)), "*", glob.escape(f"{self.name}_last.pth"))
+        for path in glob.glob(pattern):
             try:
                 with open(os.path.join(os.path.dirname(path), "config.json")) as handle:
                     saved = normalise_saved_config(json.load(handle))
@@ -240,7 +255,7 @@ class RunStore:
 
     def remove_stale_temporaries(self):
         """Delete the half-written temporary files of a killed writer (safe: this process holds the lock)."""
-        for path in glob.glob(os.path.join(self.run_dir, TEMP_PATTERN)):
+        for path in glob.glob(os.path.join(glob.escape(self.run_dir), TEMP_PATTERN)):
             try:
                 os.unlink(path)
             except OSError:
@@ -279,8 +294,18 @@ class RunStore:
 
     def append_result(self, summary):
         """Append one JSON line to <save_root>/results.jsonl (one write under a lock, so parallel runs never interleave)."""
+        self._append_result(summary, once=False)
+
+    def append_result_once(self, summary):
+        """Append `summary` to results.jsonl unless a line of this run folder with the same result is there already.
+
+        Returns whether it appended. For a finished run resumed after a kill between its last checkpoint and its line.
+        """
+        return self._append_result(summary, once=True)
+
+    def _append_result(self, summary, once):
         if not self.is_main:
-            return
+            return False
         path = os.path.join(self.save_root, "results.jsonl")
         line = (json.dumps(summary) + "\n").encode()
         try:
@@ -288,6 +313,9 @@ class RunStore:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
+                # looked up under the lock: no other writer can add the line between the look and the write
+                if once and self._has_result(path, summary):
+                    return False
                 size = os.fstat(fd).st_size
                 try:
                     if os.write(fd, line) != len(line):
@@ -300,6 +328,35 @@ class RunStore:
         except OSError as err:
             raise CheckpointWriteError(f"could not append to {path}: {_reason(err)}; the run's checkpoints in "
                                        f"{self.run_dir} are complete") from err
+        return True
+
+    def _has_result(self, path, summary):
+        """Whether results.jsonl holds a line of this run folder with `summary`'s epochs and accuracies.
+
+        The result is compared too: a line left by an earlier run in a folder since deleted and rerun is not this one's.
+        """
+        keys = ("epochs", "best_acc", "last_acc")
+        with open(path, "rb") as handle:
+            for raw in handle:
+                try:
+                    record = json.loads(raw)
+                except ValueError:
+                    continue  # a malformed line records nothing
+                if (isinstance(record, dict) and self._names_this_run(record.get("run"))
+                        and all(record.get(k) == summary.get(k) for k in keys)):
+                    return True
+        return False
+
+    def _names_this_run(self, run):
+        """Whether a results line's "run" path is this run folder (it may have been written relative or absolute)."""
+        if not isinstance(run, str):
+            return False
+        if run == self.run_dir or os.path.abspath(run) == os.path.abspath(self.run_dir):
+            return True
+        try:
+            return os.path.samefile(run, self.run_dir)
+        except OSError:
+            return False
 
 
 def _reason(err):
@@ -307,3 +364,12 @@ def _reason(err):
     if err.errno == errno.ENOSPC:
         return "the disk is full (No space left on device)"
     return err.strerror or str(err)
+
+
+def _unlockable_message(folder, path, err):
+    """Why the lock file of an existing run folder cannot be opened or written, and what to do."""
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"the run folder {folder} is not writable (cannot write {path}: {err.strerror}); make it writable "
+                "(chmod u+w), or copy it to a writable --save_root and run there")
+    return (f"cannot write the lock file {path} ({_reason(err)}); free space or fix that path (it must be a plain "
+            "file), then rerun")

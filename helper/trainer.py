@@ -189,9 +189,7 @@ class Trainer:
                     self.teacher_note = self.install_inference_teacher(self.train_set)
                 start, _ = self.main.next_start()
                 if self.init is None and start > opt.epochs:
-                    self.log(f"{self.run_dir} already finished its {opt.epochs} epochs (best acc@1 "
-                             f"{self.best_acc:.2f}); nothing to resume")
-                    return self.summary(0.0)
+                    return self.finished_already()
             self.store.open(self.config)  # only now: a command refused while setting up leaves no folder behind
             if opt.resume:
                 where = (f"init epoch {self.init.next_start()[0]}" if self.init is not None else
@@ -319,6 +317,19 @@ class Trainer:
         self.log(f"summary: {self.name} best acc@1 {self.best_acc:.2f} last acc@1 {summary['last_acc']:.2f} "
                  f"({self.run_dir})")
         self.store.append_result(summary)
+        return summary
+
+    def finished_already(self):
+        """A resumed run with nothing left to train: its summary, and its results line if a kill kept it from there."""
+        summary = self.summary(0.0)
+        # Killed (or stopped) between the final checkpoint and finish(), a run leaves no line: record it now. The
+        # process's wall time is lost; its training seconds from the history are the closest measure left.
+        line = summary | {"wall_time_s": summary["train_time_s"], "recorded_on_resume": True}
+        added = self.store.append_result_once(line)
+        note = (f"; its missing result line was added to {os.path.join(self.store.save_root, 'results.jsonl')}"
+                if added else "")
+        self.log(f"{self.run_dir} already finished its {self.opt.epochs} epochs (best acc@1 {self.best_acc:.2f}); "
+                 f"nothing to resume{note}")
         return summary
 
     def summary(self, seconds):

@@ -64,8 +64,8 @@ def test_two_runs_started_at_once_into_one_folder_leave_one_clean_run(tiny_cifar
     assert not [p for p in os.listdir(run) if p.startswith(".tmp-")]
 
 
-def interrupted_run(tiny_cifar, save, monkeypatch):
-    """A teacher run stopped (as by SIGTERM) after its first step; returns its folder."""
+def interrupted_run(tiny_cifar, save, monkeypatch, *extra):
+    """A teacher run (`extra`: more flags) stopped (as by SIGTERM) after its first step; returns its folder."""
     with monkeypatch.context() as patch:
         def should_stop(self, step, runtime, every=20):
             self.signum = signal.SIGTERM
@@ -73,7 +73,7 @@ def interrupted_run(tiny_cifar, save, monkeypatch):
 
         patch.setattr(signals.StopRequest, "should_stop", should_stop)
         with pytest.raises(SystemExit):
-            train_cifar_teacher.main(teacher_args(tiny_cifar, save))
+            train_cifar_teacher.main(teacher_args(tiny_cifar, save, *extra))
     return run_folder(save)
 
 
@@ -269,3 +269,91 @@ def test_gids_refuses_what_its_processes_would_refuse_in_one_line(tiny_cifar, tm
                                                        "--device", "cpu"))
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "does not divide over 2 processes" in err
+
+
+def refused_in_one_line(capsys, main, args):
+    """Run `main` as its script's entry point does; the one stderr line it is refused with (exit status 2)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, args)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1, err
+    return err
+
+
+def snapshot(folder):
+    return {p.name: (p.stat().st_mtime_ns, p.read_bytes() if p.is_file() else None) for p in folder.iterdir()}
+
+
+def test_a_read_only_run_folder_is_refused_in_one_line(tiny_cifar, tmp_path, monkeypatch, capsys):
+    run = interrupted_run(tiny_cifar, tmp_path, monkeypatch)
+    (run / ".lock").unlink()  # as after a copy of the run that left out the lock file
+    before = snapshot(run)
+    os.chmod(run, 0o555)
+    try:
+        if os.access(run, os.W_OK):
+            pytest.skip("chmod does not stop this user (root) from writing")
+        err = refused_in_one_line(capsys, train_cifar_teacher.main, teacher_args(tiny_cifar, tmp_path, "--resume"))
+    finally:
+        os.chmod(run, 0o755)
+    assert f"the run folder {run} is not writable" in err and "make it writable" in err
+    assert snapshot(run) == before
+
+
+def test_an_unwritable_lock_file_is_refused_in_one_line_naming_the_folder(tiny_cifar, tmp_path, monkeypatch, capsys):
+    import builtins
+
+    import helper.run_store as run_store
+
+    run = interrupted_run(tiny_cifar, tmp_path, monkeypatch)
+    before = snapshot(run)
+
+    def read_only_open(path, *args, **kwargs):  # what a read-only folder does for a user without root's override
+        if os.path.basename(str(path)) == ".lock":
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return builtins.open(path, *args, **kwargs)
+
+    monkeypatch.setattr(run_store, "open", read_only_open, raising=False)
+    err = refused_in_one_line(capsys, train_cifar_teacher.main, teacher_args(tiny_cifar, tmp_path, "--resume"))
+    assert err.startswith(f"error: the run folder {run} is not writable (cannot write {run / '.lock'}: "
+                          "Permission denied); make it writable")
+    assert snapshot(run) == before
+    monkeypatch.undo()  # once writable again, the run resumes and finishes
+    assert train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path, "--resume"))["epochs"] == 1
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.EINVAL])
+def test_a_file_system_without_file_locks_is_refused_in_one_line(tiny_cifar, tmp_path, monkeypatch, capsys, code):
+    import fcntl
+
+    import helper.run_store as run_store
+
+    run = interrupted_run(tiny_cifar, tmp_path, monkeypatch)
+    before = snapshot(run)
+    real_flock = fcntl.flock
+
+    def no_locks(handle, operation):
+        if os.path.basename(getattr(handle, "name", "")) == ".lock":
+            raise OSError(code, os.strerror(code))
+        return real_flock(handle, operation)
+
+    monkeypatch.setattr(run_store.fcntl, "flock", no_locks)
+    err = refused_in_one_line(capsys, train_cifar_teacher.main, teacher_args(tiny_cifar, tmp_path, "--resume"))
+    assert f"cannot lock {run / '.lock'} ({os.strerror(code)})" in err and "--save_root on a local disk" in err
+    assert snapshot(run) == before
+
+
+def test_glob_characters_in_trial_and_save_root_are_taken_literally(tiny_cifar, teacher_file, tmp_path, monkeypatch):
+    save = tmp_path / "runs[x]"
+    run = interrupted_run(tiny_cifar, save, monkeypatch, "--trial", "[x]")
+    assert run.name.endswith("_trial_[x]")
+    (run / ".tmp-k1ll3d.pth").write_bytes(b"half a checkpoint")
+    train_cifar_teacher.main(teacher_args(tiny_cifar, save, "--trial", "[x]", "--resume"))
+    assert not [p for p in os.listdir(run) if p.startswith(".tmp-")]
+
+    args = ["--path_t", teacher_file("resnet8"), "--model_t", "resnet8", "--model_s", "resnet8", "--data_root",
+            tiny_cifar, "--save_root", str(save), "--epochs", "1", "--batch_size", "16", "--num_workers", "0",
+            "--seed", "2", "--trial", "[x]", "-s", "2"]
+    train_cifar_student.main(args)
+    with pytest.raises(UsageError, match=r"co_sponge \(saved 2, now 4\).*rerun with the saved options"):
+        train_cifar_student.main([*args, "-s", "4", "--resume"])  # the sibling run is found
