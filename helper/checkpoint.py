@@ -104,12 +104,27 @@ def _load_failure(err):
 
 
 def model_state(checkpoint, path="the checkpoint"):
-    """The model state dict inside a checkpoint: its 'model' entry or the object itself, minus `module.`."""
-    state = checkpoint.get("model", checkpoint) if isinstance(checkpoint, dict) else None
+    """The model state dict inside a checkpoint ('model' or 'state_dict' entry, or the object itself), unwrapped.
+
+    The prefixes that wrappers add to every key are removed: `module.` (DataParallel/DDP, as the official code
+    saves) and `_orig_mod.` (a torch.compile'd module), in whichever order they were stacked.
+    """
+    state = checkpoint
+    if isinstance(checkpoint, dict):
+        for key in ("model", "state_dict"):  # the official/RepDistiller layout first, then the common trainer one
+            if isinstance(checkpoint.get(key), dict):
+                state = checkpoint[key]
+                break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UsageError(f"{path} holds no model state dict (expected {{'model': state_dict}} or a state dict)")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        raise UsageError(f"{path} holds no model state dict (expected {{'model': state_dict}}, "
+                         "{'state_dict': state_dict} or a state dict)")
+    stripped = True
+    while state and stripped:
+        stripped = False
+        for prefix in ("module.", "_orig_mod."):
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
+                stripped = True
     return state
 
 

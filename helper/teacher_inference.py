@@ -55,14 +55,14 @@ def _read_cache(path):
 
 def _write_cache(path, key, value):
     """Add one entry to the cache file (atomically); an unwritable cache is no error, only no cache."""
-    from helper.checkpoint import write_text_atomic
+    from helper.checkpoint import CheckpointWriteError, write_text_atomic
 
     data = _read_cache(path)
     data[key] = value
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         write_text_atomic(json.dumps(data, indent=1, sort_keys=True), path)
-    except (OSError, RuntimeError):
+    except (OSError, RuntimeError, CheckpointWriteError):  # the writer reports OSError as CheckpointWriteError
         pass
 
 

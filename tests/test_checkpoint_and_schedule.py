@@ -99,6 +99,24 @@ def test_model_state_strips_module_prefix_and_accepts_raw_state_dicts():
         model_state({"epoch": 3})
 
 
+def test_model_state_reads_state_dict_entries_and_unwraps_compiled_and_parallel_keys(tmp_path):
+    # a trainer's {'state_dict': ...} file of a DDP-wrapped, torch.compile'd resnet8, saved for real
+    from models import model_dict
+
+    net = model_dict["resnet8"](num_classes=10)
+    wrapped = {f"module._orig_mod.{k}": v for k, v in net.state_dict().items()}
+    path = tmp_path / "trainer.pth"
+    save_atomic({"epoch": 5, "state_dict": wrapped, "optimizer_name": "sgd"}, str(path))
+    state = model_state(load_checkpoint(str(path)), str(path))
+    assert state.keys() == net.state_dict().keys()
+    fresh = model_dict["resnet8"](num_classes=10)
+    fresh.load_state_dict(state)  # strict
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), net.state_dict().values()))
+    # 'model' wins over 'state_dict' (the official layout); a prefix on only some keys stays
+    assert list(model_state({"model": {"a": torch.ones(1)}, "state_dict": {"b": torch.ones(1)}})) == ["a"]
+    assert sorted(model_state({"module.a": torch.ones(1), "b": torch.ones(1)})) == ["b", "module.a"]
+
+
 def test_momentum_buffers_take_the_parameters_layout_after_loading():
     from helper.trainer import match_parameter_layouts
 

@@ -210,6 +210,25 @@ def test_layout_is_measured_once_then_read_from_the_cache(tmp_path):
     assert len(json.loads(cache.read_text())) == 2
 
 
+def test_an_unwritable_layout_cache_only_costs_the_cache(tmp_path, monkeypatch):
+    # a full disk (or a read-only ~/.cache) makes the atomic writer raise; the teacher is still measured and served
+    import errno
+    import tempfile
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_space)
+    teacher = randomise_batchnorms(model_dict["resnet8"](num_classes=10))
+    x = torch.randn(4, 3, 32, 32)
+    cache = tmp_path / "layout.json"
+    served = InferenceTeacher(teacher, x, cache_path=str(cache))
+    assert served.layout_source == "measured" and not cache.exists()
+    teacher.eval()
+    with torch.no_grad():
+        assert_same_outputs(teacher(x, is_feat=True), served(x))
+
+
 def test_a_failing_compile_leaves_the_eager_copy_serving(monkeypatch):
     teacher = randomise_batchnorms(model_dict["resnet8"](num_classes=10))
     x = torch.randn(2, 3, 32, 32)
