@@ -38,7 +38,11 @@ def imagenet_transforms(train, image_size=224):
 
 def folder_num_classes(root):
     """The number of class folders in the train split under `root`."""
-    classes, _ = datasets.folder.find_classes(find_split_dir(root, "train"))
+    folder = find_split_dir(root, "train")
+    try:
+        classes, _ = datasets.folder.find_classes(folder)
+    except FileNotFoundError as err:  # a train/ without class folders
+        raise not_found("ImageFolder class folders", [folder], f"{err}; pass --data_root") from err
     return len(classes)
 
 

@@ -67,9 +67,27 @@ def load_datasets(opt, image_size=None, contrast=False):
     train = build_dataset(opt.dataset, opt.data_root, "train", download=opt.download, image_size=image_size,
                           seed=opt.seed)
     val = build_dataset(opt.dataset, opt.data_root, "val", download=opt.download, image_size=image_size)
+    check_same_classes(train, val)
     if contrast:
         train = crd_dataset(train, opt.nce_k, opt.mode)
     return train, val
+
+
+def check_same_classes(train, val):
+    """Folder-built splits must name the same classes: ImageFolder numbers each split's folders on its own, so a
+    class missing from one split would silently shift every later label of the other."""
+    from dataset.common import DatasetError
+
+    train_classes, val_classes = getattr(train, "class_to_idx", None), getattr(val, "class_to_idx", None)
+    if train_classes is None or val_classes is None or train_classes == val_classes:
+        return
+    only_train = sorted(set(train_classes) - set(val_classes))
+    only_val = sorted(set(val_classes) - set(train_classes))
+    differ = "; ".join(part for part in (
+        f"only in train: {', '.join(only_train[:3])}{' ...' if len(only_train) > 3 else ''}" if only_train else "",
+        f"only in val: {', '.join(only_val[:3])}{' ...' if len(only_val) > 3 else ''}" if only_val else "") if part)
+    raise DatasetError(f"the train and val splits have different class folders ({differ}); give both splits the "
+                       "same class folders")
 
 
 def worker_count(requested, official, runtime):

@@ -53,10 +53,26 @@ def run_name(opt, weights, dataset_tag):
 def infer_teacher_name(zoo, state, path, num_classes):
     """The teacher architecture of `state` (read from `path`), found by matching its keys and shapes in the zoo."""
     names = matching_architectures(zoo, state, num_classes)
-    if len(names) != 1:
-        found = f"several architectures fit it ({', '.join(names)})" if names else "no architecture fits it"
-        raise UsageError(f"cannot tell the teacher architecture of {path}: {found}; pass --model_t")
-    return names[0]
+    # the official student variants (resnet18S, resnet34S) share their teacher's weights; a teacher is the plain one
+    names = [name for name in names if not (name.endswith("S") and name[:-1] in names)]
+    if len(names) == 1:
+        return names[0]
+    if names:
+        raise UsageError(f"cannot tell the teacher architecture of {path}: several architectures fit it "
+                         f"({', '.join(names)}); pass --model_t")
+    classes = _classifier_outputs(state)
+    if classes and classes != num_classes:
+        fits = matching_architectures(zoo, state, classes)
+        if fits:
+            raise UsageError(f"{path} is a {fits[0]} with {classes} classes, but the dataset has {num_classes}; "
+                             "pass the --dataset it was trained on, or a teacher for this one")
+    raise UsageError(f"cannot tell the teacher architecture of {path}: no architecture fits it; pass --model_t")
+
+
+def _classifier_outputs(state):
+    """The class count of a state dict: the rows of its last 2-d weight (the final linear layer), or None."""
+    matrices = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    return int(matrices[-1].shape[0]) if matrices else None
 
 
 def student_main(argv, profile):

@@ -8,7 +8,7 @@ import torch
 
 import train_cifar_student
 import train_cifar_teacher
-from helper.errors import run_cli
+from helper.errors import UsageError, run_cli
 from scripts import evaluate_student, export_student
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -155,3 +155,22 @@ def test_an_explicit_gpu_index_under_torchrun_is_refused(monkeypatch):
     assert choose_device("cuda:1", local_rank=0, world_size=1) == torch.device("cuda:1")
     with pytest.raises(UsageError, match="CUDA_VISIBLE_DEVICES"):
         choose_device("cuda:1", local_rank=0, world_size=2)
+
+
+def test_teacher_architecture_is_read_from_the_weights_alone():
+    from helper.distill_run import infer_teacher_name
+    from models import imagenet_model_dict, model_dict
+
+    # torchvision's resnet34 file fits resnet34 and the official student variant resnet34S: a teacher is resnet34
+    with torch.device("meta"):
+        state = imagenet_model_dict["resnet34"](num_classes=1000).state_dict()
+    assert infer_teacher_name(imagenet_model_dict, state, "resnet34-333f7ec4.pth", 1000) == "resnet34"
+    with torch.device("meta"):
+        state = model_dict["wrn_40_2"](num_classes=100).state_dict()
+    assert infer_teacher_name(model_dict, state, "t.pth", 100) == "wrn_40_2"
+    # a CIFAR-100 teacher for a CIFAR-10 run: the message names the class counts and --dataset
+    with pytest.raises(UsageError, match=r"t.pth is a wrn_40_2 with 100 classes, but the dataset has 10; pass the "
+                                         r"--dataset it was trained on"):
+        infer_teacher_name(model_dict, state, "t.pth", 10)
+    with pytest.raises(UsageError, match="no architecture fits it; pass --model_t"):
+        infer_teacher_name(model_dict, {"w": torch.ones(2, 2)}, "t.pth", 10)

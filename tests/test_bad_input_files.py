@@ -225,6 +225,40 @@ def test_unreadable_image_in_a_loader_worker_is_one_line(capsys, tmp_path, num_w
     assert "worker" not in err
 
 
+def _imagenet_argv(root, save):
+    from models import imagenet_model_dict
+
+    teacher = os.path.join(str(save), "resnet18-random.pth")
+    if not os.path.exists(teacher):
+        torch.save(imagenet_model_dict["resnet18"](num_classes=2).state_dict(), teacher)
+    return ["--path_t", teacher, "--model_t", "resnet18", "--model_s", "resnet18S", "--data_root", str(root),
+            "--image_size", "64", "--epochs", "1", "--batch_size", "2", "--num_workers", "0",
+            "--save_root", str(save / "runs")]
+
+
+def test_imagefolder_train_split_without_class_folders(capsys, tmp_path):
+    import train_imagenet_student
+
+    (tmp_path / "inet" / "train").mkdir(parents=True)
+    (tmp_path / "inet" / "val").mkdir()
+    err = fails(train_imagenet_student.main, _imagenet_argv(tmp_path / "inet", tmp_path), capsys)
+    assert "class folders" in err and "--data_root" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_imagefolder_splits_with_different_classes_are_refused(capsys, tmp_path):
+    # val misses class_1: ImageFolder would label val's class_2 images as 1 and every val accuracy would be wrong
+    import shutil
+
+    import train_imagenet_student
+
+    write_tiny_imagefolder(str(tmp_path / "inet"), num_classes=3, per_class_train=1, per_class_val=1, size=64)
+    shutil.rmtree(tmp_path / "inet" / "val" / "class_1")
+    err = fails(train_imagenet_student.main, _imagenet_argv(tmp_path / "inet", tmp_path), capsys)
+    assert "different class folders" in err and "only in train: class_1" in err, err
+    assert not (tmp_path / "runs").exists()
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # NORM students where a plain model is expected
 
