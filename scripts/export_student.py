@@ -76,7 +76,32 @@ def output_paths(opt):
     for path, flag in ((pt, "--out"), (onnx, "--onnx")):
         if path and os.path.isdir(path):
             raise UsageError(f"{flag} {path} is a folder; give a file name, e.g. {os.path.join(path, 'student')}")
+        if path:
+            refuse_overwriting_inputs(path, flag, opt)
     return pt, onnx
+
+
+def _same_file(a, b):
+    """Whether two paths name one file (through links too); False when either does not exist."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def refuse_overwriting_inputs(path, flag, opt):
+    """An output must not replace the checkpoint being exported, the teacher, or any file of a training run.
+
+    The folded file lacks the transform and the resume state, so writing it over a run's checkpoint (or into a run
+    folder, which a running or resumed training owns) would lose them for good.
+    """
+    for source, source_flag in ((opt.path, "--path"), (getattr(opt, "path_t", None), "--path_t")):
+        if source and _same_file(path, source):
+            raise UsageError(f"{flag} {path} is the {source_flag} checkpoint itself; write the export elsewhere, "
+                             "e.g. --out student_deploy.pth")
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isfile(os.path.join(folder, "config.json")) and os.path.exists(os.path.join(folder, ".lock")):
+        raise UsageError(f"{flag} {path} is inside the training run folder {folder}; write the export outside it")
 
 
 def prepare_out(path, flag="--out"):

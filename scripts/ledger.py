@@ -243,9 +243,19 @@ def record_attempt(out, cell, status, code, seconds, cpu_seconds, log_path):
              "finished": datetime.datetime.now().isoformat(timespec="seconds")}
     if status == "failed":
         entry["error"] = last_line(log_path)
-    with open(os.path.join(out, "cells.jsonl"), "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(entry) + "\n")
+    append_line(os.path.join(out, "cells.jsonl"), json.dumps(entry))
     return entry
+
+
+def append_line(path, text):
+    """Append one line with a single write(2) on an O_APPEND file: a kill leaves the line whole or absent."""
+    data = (text + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        if os.write(fd, data) != len(data):
+            raise UsageError(f"could not append to {path}: the disk is full")
+    finally:
+        os.close(fd)
 
 
 def read_attempts(out):
@@ -253,11 +263,15 @@ def read_attempts(out):
     path = os.path.join(out, "cells.jsonl")
     attempts = {}
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
                     entry = json.loads(line)
                     attempts[entry["cell"]] = entry
+                except (ValueError, KeyError, TypeError):  # a hand-edited line; attempts only inform the log
+                    print(f"ledger: line {number} of {path} is not an attempt record; skipped", file=sys.stderr)
     return attempts
 
 

@@ -11,6 +11,7 @@ official README's number beside it where it is known for that pair and method, a
 as a dashed line. Each writes PREFIX.png and PREFIX.svg (matplotlib's Agg renderer; no display needed).
 """
 import glob
+import io
 import json
 import math
 import os
@@ -26,6 +27,7 @@ matplotlib.use("Agg")  # files only, never a window
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from helper.checkpoint import write_bytes_atomic  # noqa: E402
 from helper.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
 from scripts.summarize_results import (LABEL_ORDER, InputError, label_and_settings, read_results,  # noqa: E402
                                        summarize)
@@ -270,8 +272,10 @@ def save_figure(fig, prefix):
     except OSError as err:
         raise UsageError(f"cannot create {folder} ({err.strerror}); pass another --out") from None
     paths = [f"{prefix}.png", f"{prefix}.svg"]
-    for path in paths:
-        fig.savefig(path, dpi=120)
+    for path in paths:  # rendered in memory, then written atomically: a kill never leaves half an image
+        image = io.BytesIO()
+        fig.savefig(image, dpi=120, format=os.path.splitext(path)[1][1:])
+        write_bytes_atomic(image.getvalue(), path)  # its failure is a one-line CheckpointWriteError
     return paths
 
 

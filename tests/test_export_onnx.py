@@ -253,6 +253,24 @@ def test_export_output_flags(tmp_path, capsys, argv, message):
     assert os.listdir(tmp_path) == []
 
 
+def test_export_never_writes_over_its_input_or_into_a_run_folder(tmp_path, capsys):
+    _, path = make_student(str(tmp_path), "resnet8", "cifar100", 100)
+    before = open(path, "rb").read()
+    for argv in (["--out", path], ["--onnx", path, "--format", "onnx"],
+                 ["--out", os.path.join(str(tmp_path), ".", os.path.basename(path))]):
+        err = fails(export_student.main, ["--path", path, *argv], capsys)
+        assert "checkpoint itself" in err
+    assert open(path, "rb").read() == before
+    # a training run's folder (config.json and its lock) is the trainer's: no export lands there
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / ".lock").write_text("")
+    err = fails(export_student.main, ["--path", path, "--out", str(run / "deploy.pth")], capsys)
+    assert "inside the training run folder" in err
+    assert sorted(os.listdir(run)) == [".lock", "config.json"]
+
+
 def test_format_both_derives_the_onnx_name(exported_resnet8):
     assert os.path.isfile(exported_resnet8["pth"]) and os.path.isfile(exported_resnet8["onnx"])
     metadata = {p.key: p.value for p in onnx.load(exported_resnet8["onnx"]).metadata_props}

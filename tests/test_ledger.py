@@ -100,3 +100,17 @@ def test_bad_methods_and_models_are_refused_in_one_line(tmp_path):
     with pytest.raises(UsageError, match="--student"):
         ledger.main(["--out", str(tmp_path), "--student", "resnet9"])
     assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_attempt_records_survive_a_torn_or_edited_line(tmp_path, capsys):
+    # two records, then a line cut off by a kill (or edited by hand), then a later record of the first cell
+    path = tmp_path / "cells.jsonl"
+    ledger.append_line(str(path), json.dumps({"cell": "a", "status": "failed"}))
+    ledger.append_line(str(path), json.dumps({"cell": "b", "status": "done"}))
+    with open(path, "a") as handle:
+        handle.write('{"cell": "a", "stat\n[1, 2]\n')
+    ledger.append_line(str(path), json.dumps({"cell": "a", "status": "done"}))
+    attempts = ledger.read_attempts(str(tmp_path))
+    assert attempts == {"a": {"cell": "a", "status": "done"}, "b": {"cell": "b", "status": "done"}}
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "line 3 of" in err[0] and "line 4 of" in err[1]

@@ -174,6 +174,26 @@ def test_pair_chart_bars_hold_means_spreads_and_paper_numbers(results):
     assert [p.get_height() for p in bars(fashion, plot_results.OURS_LABEL).patches] == [80.0]
 
 
+def test_a_figure_that_fails_half_way_leaves_the_old_files_whole(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    prefix = tmp_path / "fig"
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    first = plot_results.save_figure(fig, str(prefix))
+    before = {path: open(path, "rb").read() for path in first}
+
+    def dies_mid_write(self, target, **kwargs):  # writes part of the image, then the process "dies"
+        target.write(b"\x89PNG partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        plot_results.save_figure(fig, str(prefix))
+    assert {path: open(path, "rb").read() for path in first} == before
+    assert sorted(os.listdir(tmp_path)) == ["fig.png", "fig.svg"]  # no temporary left behind
+
+
 def test_cli_writes_png_and_svg(results, runs, tmp_path):
     prefix = tmp_path / "out" / "pairs"
     paths = plot_results.main(["results", str(results), "--out", str(prefix)])
