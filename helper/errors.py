@@ -16,7 +16,17 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        hints = [hint for flag, hint in OFFICIAL_ONLY_FLAGS.items()
+                 if message.startswith("unrecognized arguments") and flag in message.split()]
+        self.exit(2, f"{self.prog}: error: {message}{'; ' + '; '.join(hints) if hints else ''} (see --help)\n")
+
+
+# Flags of the official NORM scripts that have no counterpart here, and what to use instead.
+OFFICIAL_ONLY_FLAGS = {
+    "--resume_path": "--resume_path is the official way to continue a run; here rerun the same command with --resume",
+    "--init_epoch": "--init_epoch (the official loop's first epoch) is not supported; to continue a run use --resume",
+    "--use_layer3": "--use_layer3 (two feature transforms) is not supported; NORM matches the last stage only",
+}
 
 
 def one_line(err):

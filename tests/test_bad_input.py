@@ -174,3 +174,12 @@ def test_teacher_architecture_is_read_from_the_weights_alone():
         infer_teacher_name(model_dict, state, "t.pth", 10)
     with pytest.raises(UsageError, match="no architecture fits it; pass --model_t"):
         infer_teacher_name(model_dict, {"w": torch.ones(2, 2)}, "t.pth", 10)
+
+
+@pytest.mark.parametrize("flag, hint", [("--resume_path", "with --resume"), ("--init_epoch", "use --resume"),
+                                        ("--use_layer3", "last stage only")])
+def test_official_flags_without_a_counterpart_say_what_to_use(capsys, tmp_path, flag, hint):
+    argv = ["--path_t", str(tmp_path / "t.pth"), flag] + ([] if flag == "--use_layer3" else ["5"])
+    err = fails(train_cifar_student.main, argv + ["--save_root", str(tmp_path / "s")], capsys)
+    assert f"unrecognized arguments: {flag}" in err and hint in err, err
+    assert os.listdir(tmp_path) == []
