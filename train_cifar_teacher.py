@@ -11,7 +11,7 @@ from helper.data import load_datasets
 from helper.errors import run_cli
 from helper.launch import apply_gids
 from helper.model_loading import build_model
-from helper.options import base_parser, resolve_seed
+from helper.options import add_num_cls_flag, base_parser, check_num_cls, resolve_seed
 from helper.runtime import cleanup, seed_everything, setup_runtime, shared_seed
 from helper.trainer import Trainer, prepare_run_dir
 from models import model_dict
@@ -25,6 +25,7 @@ def parser():
                     learning_rate=None, weight_decay=5e-4, lr_decay="step", lr_decay_epochs=[150, 180, 210],
                     dataset="cifar100", datasets=["cifar100", "cifar10", "fashion_mnist"], save_freq=240)
     p.add_argument("--model", default="resnet110", help=f"architecture: {', '.join(model_dict)}")
+    add_num_cls_flag(p)
     return p
 
 
@@ -33,7 +34,7 @@ def main(argv=None):
     opt = parser().parse_args(argv)
     if opt.learning_rate is None:
         opt.learning_rate = 0.01 if opt.model in SMALL_LR_MODELS else 0.05
-    classes = num_classes(opt.dataset, opt.data_root)
+    classes = check_num_cls(opt, num_classes(opt.dataset, opt.data_root))
     if opt.model not in model_dict:
         build_model(model_dict, opt.model, classes, "--model")  # raises the one-line error
     run_dir = os.path.join(opt.save_root, "models", f"{opt.model}_{opt.dataset}_lr_{opt.learning_rate}_decay_"

@@ -4,11 +4,25 @@ from . import (abound, attention, correlation, crd, factor, fsp, hint, kd, kdsvd
 from .base import Distiller, Vanilla, kd_loss, normalize_logits
 from .registry import METHODS, register
 
-__all__ = ["METHODS", "Distiller", "Vanilla", "kd_loss", "method_class", "normalize_logits", "register"]
+__all__ = ["METHODS", "Distiller", "Vanilla", "kd_loss", "method_class", "method_name", "normalize_logits",
+           "register"]
+
+
+def method_name(name):
+    """The registered spelling of `name`, matched case-insensitively ('norm' -> 'NORM'); `name` itself if none.
+
+    An argparse type for --distill: opt.distill keeps the registered spelling, which names the run folder, and an
+    unknown name passes through unchanged so that `method_class` reports it.
+    """
+    if name in METHODS:
+        return name
+    # register() keeps the lowercased names unique, so at most one matches
+    return next((known for known in METHODS if known.lower() == str(name).lower()), name)
 
 
 def method_class(name):
-    """The class registered as `name`; KeyError lists the valid names."""
-    if name not in METHODS:
+    """The class registered as `name` (any letter case); KeyError lists the valid names."""
+    known = method_name(name)
+    if known not in METHODS:
         raise KeyError(f"unknown --distill {name!r}; choose one of {', '.join(sorted(METHODS))}")
-    return METHODS[name]
+    return METHODS[known]

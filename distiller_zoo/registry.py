@@ -7,6 +7,9 @@ def register(name):
     def add(cls):
         if name in METHODS:
             raise ValueError(f"method {name!r} registered twice")
+        clash = [known for known in METHODS if known.lower() == name.lower()]
+        if clash:  # --distill is matched case-insensitively, so names differing only in case would be ambiguous
+            raise ValueError(f"method {name!r} differs from the registered {clash[0]!r} only in letter case")
         METHODS[name] = cls
         cls.name = name
         return cls

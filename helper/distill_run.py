@@ -2,14 +2,15 @@
 import os
 import sys
 
-from distiller_zoo import METHODS, method_class
+from distiller_zoo import METHODS, method_class, method_name
 from .checkpoint import load_checkpoint, model_state
 from .data import load_datasets
 from .engine import validate
 from .errors import UsageError
 from .launch import apply_gids
 from .model_loading import build_model, check_plain_state, load_model_state, matching_architectures
-from .options import base_parser, non_negative_float, positive_float, positive_int, resolve_seed
+from .options import (add_official_student_flags, base_parser, non_negative_float, positive_float, positive_int,
+                      resolve_seed)
 from .runtime import cleanup, seed_everything, setup_runtime, shared_seed
 from .teacher_registry import teacher_accuracy_warning
 from .trainer import Trainer, prepare_run_dir
@@ -27,7 +28,8 @@ def student_parser(profile):
     g.add_argument("--path_t", default=None, help="teacher checkpoint ({'model': state_dict} or a state dict)")
     g.add_argument("--model_t", default=None, help="teacher architecture (default: read from the checkpoint)")
     g.add_argument("--model_s", default=profile["model_s"], help="student architecture")
-    g.add_argument("--distill", default="NORM", help=f"method: {', '.join(sorted(METHODS))}")
+    g.add_argument("--distill", type=method_name, default="NORM",
+                   help=f"method, in any letter case: {', '.join(sorted(METHODS))}")
     g.add_argument("-r", "--gamma", type=non_negative_float, default=None,
                    help="weight of the cross-entropy (default: the method's, 1 for all)")
     g.add_argument("-a", "--alpha", type=non_negative_float, default=None,
@@ -41,6 +43,7 @@ def student_parser(profile):
         g.add_argument("--image_size", type=positive_int, default=profile["image_size"], help="training crop size")
     for cls in METHODS.values():
         cls.add_arguments(g)
+    add_official_student_flags(p, num_cls=profile["official_num_cls"])
     return p
 
 

@@ -1,11 +1,12 @@
 """Command-line flags shared by the training scripts (the official names and defaults)."""
+import argparse
 import json
 import math
 import os
 import secrets
 
 from dataset.fashion_mnist import DEFAULT_ROOT
-from .errors import ArgumentParser
+from .errors import ArgumentParser, UsageError
 
 
 def _ranged(attribute, convert, name, accept):
@@ -37,11 +38,15 @@ seed_int = _ranged("seed_int", int, f"integer in [0, {SEED_LIMIT - 1}]", lambda 
 positive_float = _ranged("positive_float", _finite_float, "number > 0", lambda v: v > 0)
 non_negative_float = _ranged("non_negative_float", _finite_float, "number >= 0", lambda v: v >= 0)
 fraction_below_one = _ranged("fraction_below_one", _finite_float, "number in [0, 1)", lambda v: 0 <= v < 1)
+finite_float = _ranged("finite_float", _finite_float, "number", lambda v: True)
 
 
 def int_list(text):
-    """argparse type: '150,180,210' -> [150, 180, 210] (epochs, so each an integer >= 1)."""
-    return [positive_int(x) for x in str(text).split(",") if x.strip()]
+    """argparse type: '150,180,210' -> [150, 180, 210] (epochs, so each an integer >= 1); at least one."""
+    epochs = [positive_int(x) for x in str(text).split(",") if x.strip()]
+    if not epochs:  # "" or "," would be [], a silently constant learning rate
+        raise argparse.ArgumentTypeError("give at least one epoch, e.g. 150,180,210")
+    return epochs
 
 
 int_list.__name__ = "comma-separated list of integers >= 1"
@@ -74,6 +79,12 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
     g.add_argument("--save_root", default="./save", help="where run folders and results.jsonl go")
     g.add_argument("--save_freq", type=positive_int, default=save_freq, help="write ckpt_epoch_E.pth every E")
     g.add_argument("--print_freq", type=positive_int, default=100, help="log every this many steps")
+    # The inert compatibility flags default to SUPPRESS: left out, they leave no attribute on opt, so config.json
+    # and the resume check (which compares every option) are what they were before these flags were accepted.
+    g.add_argument("--tb_freq", type=positive_int, default=argparse.SUPPRESS,
+                   help="accepted for compatibility with the official and RepDistiller scripts (a TensorBoard "
+                        "frequency in steps there, default 500, unused by NORM's); no effect: TensorBoard gets "
+                        "one point per epoch")
     g.add_argument("--resume", action="store_true", help="continue the run in its folder from its last checkpoint")
     g.add_argument("--seed", type=seed_int, default=None, help="random seed (default: drawn and saved in config.json)")
     g.add_argument("--progress", action="store_true", default=None,
@@ -95,6 +106,43 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
                    help="keep CIFAR/Fashion-MNIST on the device and augment there (same distribution)")
     p.set_defaults(official_num_workers=num_workers)
     return p
+
+
+def add_official_student_flags(parser, *, num_cls):
+    """The official student scripts' flags that do nothing there: accepted so official command lines run unchanged.
+
+    `num_cls`: also accept `--num_cls` (the official CIFAR script's class count; see `add_num_cls_flag`).
+    """
+    g = parser.add_argument_group("accepted for compatibility with the official NORM scripts (no effect)")
+    # "-b1" must be an option of its own: without it argparse reads "-b1 2" as "-b 1" plus a stray "2"
+    g.add_argument("-b1", "--beta1", type=finite_float, default=argparse.SUPPRESS,
+                   help="inert: the official code overwrites it every epoch with the beta1 schedule (see README); "
+                        "the NORM loss weight is -b (written apart: -b 1)")
+    g.add_argument("--kd-warm-up", type=finite_float, default=argparse.SUPPRESS,
+                   help="inert: the official code parses it (default 20.0) and never reads it")
+    g.add_argument("--marginal_relu", action="store_true", default=argparse.SUPPRESS,
+                   help="inert: a no-op in the official code (it clips already post-ReLU features at a negative "
+                        "bound)")
+    if num_cls:
+        add_num_cls_flag(g)
+    return parser
+
+
+def add_num_cls_flag(parser):
+    """`--num_cls N`, the official CIFAR scripts' class count: here the dataset sets it, so N is only checked."""
+    parser.add_argument("--num_cls", type=positive_int, default=argparse.SUPPRESS,
+                        help="number of classes, accepted for compatibility: it must equal --dataset's (cifar100: "
+                             "100, cifar10: 10, fashion_mnist: 10), and then it has no effect")
+    return parser
+
+
+def check_num_cls(opt, classes):
+    """`classes` (the dataset's class count); a UsageError if `--num_cls` was given and says otherwise."""
+    given = getattr(opt, "num_cls", None)
+    if given is not None and given != classes:
+        raise UsageError(f"--num_cls {given} disagrees with --dataset {opt.dataset}, which has {classes} classes; "
+                         f"pass --num_cls {classes} or leave it out")
+    return classes
 
 
 def resolve_seed(opt, run_dir):

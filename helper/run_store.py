@@ -14,7 +14,9 @@ from .errors import UsageError
 # The teacher file may move (its architecture, `model_t`, is still compared).
 OPERATIONAL_OPTIONS = {"resume", "num_workers", "print_freq", "device", "data_root", "download", "progress",
                        "save_root", "deterministic", "save_freq", "compile", "fused_sgd", "channels_last",
-                       "official_num_workers", "path_t", "gids", "no_inference_teacher"}
+                       "official_num_workers", "path_t", "gids", "no_inference_teacher",
+                       # the official scripts' inert flags (helper.options.add_official_student_flags)
+                       "tb_freq", "beta1", "kd_warm_up", "marginal_relu", "num_cls"}
 
 # The loss-weight flags and the names Distiller.weights gives them.
 WEIGHT_OPTIONS = {"gamma": "gamma", "alpha": "alpha", "beta": "beta", "ceta": "logit_scale"}
