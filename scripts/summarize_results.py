@@ -9,11 +9,14 @@ weight -a > 0), NORM+CRD (--distill NORM_CRD), vanilla (a model trained alone by
 there is none. The paper column holds the official README's numbers (its Tables 1-3: top-1 means over trials),
 "—" where the paper has none.
 """
-import argparse
 import json
 import math
 import os
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from helper.errors import ArgumentParser  # noqa: E402 - stdlib only: the summary stays light
 
 # The official NORM README (github.com/OSVAI/NORM, README.md at commit c6dfc39, "Main Results", Tables 1-3): top-1 (%)
 # on CIFAR-100 (means over trials) and ImageNet.
@@ -188,7 +191,7 @@ def markdown(rows, primary="best"):
 
 def parser():
     """The command-line flags."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])  # one-line errors, as every script's
     p.add_argument("path", nargs="?", default=os.path.join(".", "save", "results.jsonl"),
                    help="results.jsonl written by the training scripts (default ./save/results.jsonl)")
     p.add_argument("--last", action="store_true", help="the last epoch's accuracy as the primary column")

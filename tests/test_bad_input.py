@@ -151,10 +151,14 @@ def test_an_explicit_gpu_index_under_torchrun_is_refused(monkeypatch):
     from helper.runtime import choose_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only device objects are made, no CUDA call
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert choose_device("cuda", local_rank=1, world_size=2) == torch.device("cuda:1")
     assert choose_device("cuda:1", local_rank=0, world_size=1) == torch.device("cuda:1")
     with pytest.raises(UsageError, match="CUDA_VISIBLE_DEVICES"):
         choose_device("cuda:1", local_rank=0, world_size=2)
+    # an index past the machine's GPUs is named as such, not left to fail inside CUDA
+    with pytest.raises(UsageError, match=r"--device cuda:2: this machine has 2 CUDA devices \(cuda:0 to cuda:1\)"):
+        choose_device("cuda:2", local_rank=0, world_size=1)
 
 
 def test_teacher_architecture_is_read_from_the_weights_alone():

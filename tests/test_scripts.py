@@ -360,3 +360,9 @@ def test_a_resumed_run_counts_once_with_its_latest_line(tmp_path):
     path.write_text("\n".join(json.dumps(r) for r in (first, again, other)) + "\n")
     (row,) = json.loads(summarize(path, "--json").stdout)
     assert row["n"] == 2 and row["best_mean"] == pytest.approx(73.0)
+
+
+def test_summary_flag_errors_are_one_line():
+    out = summarize("--bogus")
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "unrecognized arguments: --bogus" in out.stderr and "Traceback" not in out.stderr
