@@ -8,6 +8,7 @@ import os
 import subprocess
 
 from .checkpoint import CheckpointWriteError, load_checkpoint, save_atomic, write_text_atomic
+from .files import append_whole_line
 from .errors import UsageError
 
 # Options that may change between an interrupted run and its resumption without changing what is learned.
@@ -318,13 +319,7 @@ class RunStore:
                 # looked up under the lock: no other writer can add the line between the look and the write
                 if once and self._has_result(path, summary):
                     return False
-                size = os.fstat(fd).st_size
-                try:
-                    if os.write(fd, line) != len(line):
-                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                except OSError:
-                    os.ftruncate(fd, size)  # no half line: the ledger stays parseable
-                    raise
+                append_whole_line(fd, line)  # no half line: the ledger stays parseable
             finally:
                 os.close(fd)
         except OSError as err:

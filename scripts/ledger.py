@@ -29,7 +29,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from dataset.fashion_mnist import read_idx, write_idx  # noqa: E402
-from helper.checkpoint import write_text_atomic  # noqa: E402
+from helper.files import append_line, write_text_atomic  # noqa: E402
 from helper.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
 from helper.options import non_negative_int, positive_int, seed_int  # noqa: E402
 from scripts import demo, plot_results  # noqa: E402
@@ -245,17 +245,6 @@ def record_attempt(out, cell, status, code, seconds, cpu_seconds, log_path):
         entry["error"] = last_line(log_path)
     append_line(os.path.join(out, "cells.jsonl"), json.dumps(entry))
     return entry
-
-
-def append_line(path, text):
-    """Append one line with a single write(2) on an O_APPEND file: a kill leaves the line whole or absent."""
-    data = (text + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        if os.write(fd, data) != len(data):
-            raise UsageError(f"could not append to {path}: the disk is full")
-    finally:
-        os.close(fd)
 
 
 def read_attempts(out):

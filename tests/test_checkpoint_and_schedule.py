@@ -132,3 +132,23 @@ def test_momentum_buffers_take_the_parameters_layout_after_loading():
     match_parameter_layouts(optimizer)
     moved = optimizer.state[net.weight]["momentum_buffer"]
     assert moved.stride() == net.weight.stride() and torch.equal(moved, buffer)
+
+
+def test_a_line_append_is_whole_or_absent(tmp_path, monkeypatch):
+    # a write that stops half way (disk full) is cut back: the file holds its earlier lines and no half line
+    from helper import files
+
+    path = tmp_path / "log.jsonl"
+    files.append_line(str(path), '{"a": 1}')
+    real_write = os.write
+
+    def half_write(fd, data):
+        return real_write(fd, data[: len(data) // 2])
+
+    monkeypatch.setattr(os, "write", half_write)
+    with pytest.raises(CheckpointWriteError, match="could not append to .*log.jsonl: the disk is full"):
+        files.append_line(str(path), '{"b": 2, "padding": "' + "x" * 100 + '"}')
+    monkeypatch.undo()
+    assert path.read_text() == '{"a": 1}\n'
+    files.append_line(str(path), '{"c": 3}')
+    assert path.read_text().splitlines() == ['{"a": 1}', '{"c": 3}']

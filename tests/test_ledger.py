@@ -6,6 +6,7 @@ import re
 import pytest
 
 from helper.errors import UsageError
+from helper.files import append_line
 from scripts import ledger
 from scripts.summarize_results import read_results
 from tests.datafakes import write_tiny_fashion_mnist
@@ -105,11 +106,11 @@ def test_bad_methods_and_models_are_refused_in_one_line(tmp_path):
 def test_attempt_records_survive_a_torn_or_edited_line(tmp_path, capsys):
     # two records, then a line cut off by a kill (or edited by hand), then a later record of the first cell
     path = tmp_path / "cells.jsonl"
-    ledger.append_line(str(path), json.dumps({"cell": "a", "status": "failed"}))
-    ledger.append_line(str(path), json.dumps({"cell": "b", "status": "done"}))
+    append_line(str(path), json.dumps({"cell": "a", "status": "failed"}))
+    append_line(str(path), json.dumps({"cell": "b", "status": "done"}))
     with open(path, "a") as handle:
         handle.write('{"cell": "a", "stat\n[1, 2]\n')
-    ledger.append_line(str(path), json.dumps({"cell": "a", "status": "done"}))
+    append_line(str(path), json.dumps({"cell": "a", "status": "done"}))
     attempts = ledger.read_attempts(str(tmp_path))
     assert attempts == {"a": {"cell": "a", "status": "done"}, "b": {"cell": "b", "status": "done"}}
     err = capsys.readouterr().err.splitlines()

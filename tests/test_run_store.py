@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -90,7 +91,7 @@ def disk_full(monkeypatch):
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", no_space)
+    monkeypatch.setattr(tempfile, "mkstemp", no_space)  # the atomic writers (helper.files) make their temporary here
 
 
 @pytest.mark.parametrize("fail_at", ["config.json", "checkpoint"])
