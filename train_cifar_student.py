@@ -17,7 +17,7 @@ CIFAR_PROFILE = {
     "zoo": model_dict, "datasets": ["cifar100", "cifar10", "fashion_mnist"], "dataset": "cifar100",
     "epochs": 240, "batch_size": 64, "learning_rate": 0.05, "weight_decay": 5e-4, "lr_decay": "step",
     "lr_decay_epochs": [150, 180, 210], "num_workers": 8, "model_s": "resnet8x4", "image_size": None,
-    "probe_size": 32, "schedule_kind": "cifar", "official_num_cls": True,  # the official CIFAR script's --num_cls
+    "probe_size": 32, "schedule_kind": "cifar", "official_num_cls": "checked",  # the official CIFAR script's --num_cls
     "num_classes": lambda opt: check_num_cls(opt, num_classes(opt.dataset, opt.data_root)),
     "default_path_t": lambda opt: None,
     "teacher_hint": "fetch RepDistiller's teachers with bash scripts/fetch_pretrained_teachers.sh, or train one "

@@ -2,6 +2,7 @@
 
 Example: python train_cifar_teacher.py --model resnet32x4 --trial 0
 """
+import argparse
 import os
 import sys
 
@@ -11,7 +12,7 @@ from helper.data import load_datasets
 from helper.errors import run_cli
 from helper.launch import apply_gids
 from helper.model_loading import build_model
-from helper.options import add_num_cls_flag, base_parser, check_num_cls, resolve_seed
+from helper.options import add_num_cls_flag, base_parser, check_num_cls, finite_float, resolve_seed
 from helper.runtime import cleanup, seed_everything, setup_runtime, shared_seed
 from helper.trainer import Trainer, prepare_run_dir
 from models import model_dict
@@ -26,6 +27,9 @@ def parser():
                     dataset="cifar100", datasets=["cifar100", "cifar10", "fashion_mnist"], save_freq=240)
     p.add_argument("--model", default="resnet110", help=f"architecture: {', '.join(model_dict)}")
     add_num_cls_flag(p)
+    p.add_argument("-c", "--ceta", type=finite_float, default=argparse.SUPPRESS,
+                   help="inert, accepted for compatibility: the official teacher script scales the logits by it "
+                        "only when validating, which changes no accuracy; the teacher trains on raw logits")
     return p
 
 

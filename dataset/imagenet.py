@@ -4,7 +4,7 @@ import os
 from PIL import Image, UnidentifiedImageError
 from torchvision import datasets, transforms
 
-from .common import EpochSeeded, corrupt_file, not_found
+from .common import DatasetNotFound, EpochSeeded, corrupt_file, not_found
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -42,7 +42,8 @@ def folder_num_classes(root):
     try:
         classes, _ = datasets.folder.find_classes(folder)
     except FileNotFoundError as err:  # a train/ without class folders
-        raise not_found("ImageFolder class folders", [folder], f"{err}; pass --data_root") from err
+        raise DatasetNotFound(f"{folder} holds no class folders; put the training images in one folder per class "
+                              "there (train/<class>/*.jpg), or point --data_root at a folder laid out so") from err
     return len(classes)
 
 

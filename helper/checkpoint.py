@@ -58,6 +58,12 @@ def model_state(checkpoint, path="the checkpoint"):
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UsageError(f"{path} holds no model state dict (expected {{'model': state_dict}}, "
                          "{'state_dict': state_dict} or a state dict)")
+    return unwrapped_keys(state)
+
+
+def unwrapped_keys(state):
+    """`state` without the prefixes wrappers put on every key: `module.` (DataParallel/DDP) and `_orig_mod.`
+    (torch.compile), in whichever order they were stacked; a prefix on only some keys stays."""
     stripped = True
     while state and stripped:
         stripped = False

@@ -1,6 +1,7 @@
 """Key conversion of the officially released NORM student checkpoints to this project's layout."""
 import re
 
+from .checkpoint import unwrapped_keys
 from .errors import UsageError
 
 # The official students name their FT `layer31/layer32` (or `layer41/layer42`): x1 expands, x2 contracts.
@@ -9,12 +10,11 @@ _UNUSED = re.compile(r"^(alpha$|layer2[12]\.|dropout\.)")
 
 
 def convert_official_student(state, ft_bypassed=False):
-    """Official student state dict -> ours: `module.` stripped, unused keys dropped, FT keys renamed.
+    """Official student state dict -> ours: `module.` (and `_orig_mod.`) stripped, unused keys dropped, FT keys renamed.
 
     `ft_bypassed` (official CIFAR runs with N == 1) drops the FT, which the official forward skipped.
     """
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = unwrapped_keys(state)
     stages = {m.group(1) for k in state if (m := _OFFICIAL_FT_KEY.match(k))}
     if len(stages) > 1:
         raise UsageError("the checkpoint has two feature transforms (layer31/32 and layer41/42, the official "

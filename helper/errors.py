@@ -16,8 +16,11 @@ class ArgumentParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
+        words = message.replace("=", " ").split()  # "--resume_path=x" names the flag too
         hints = [hint for flag, hint in OFFICIAL_ONLY_FLAGS.items()
-                 if message.startswith("unrecognized arguments") and flag in message.split()]
+                 if message.startswith("unrecognized arguments") and flag in words]
+        if message.startswith("argument -b1/--beta1: expected one argument"):
+            hints.append("-b1 is the official (inert) beta1; the NORM loss weight is written apart: -b 1")
         self.exit(2, f"{self.prog}: error: {message}{'; ' + '; '.join(hints) if hints else ''} (see --help)\n")
 
 

@@ -111,7 +111,8 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
 def add_official_student_flags(parser, *, num_cls):
     """The official student scripts' flags that do nothing there: accepted so official command lines run unchanged.
 
-    `num_cls`: also accept `--num_cls` (the official CIFAR script's class count; see `add_num_cls_flag`).
+    `num_cls`: how `--num_cls` is taken: "checked" (the CIFAR script: it must equal the dataset's class count, see
+    `check_num_cls`) or "inert" (the official ImageNet script forced it to 1000; here the class folders decide).
     """
     g = parser.add_argument_group("accepted for compatibility with the official NORM scripts (no effect)")
     # "-b1" must be an option of its own: without it argparse reads "-b1 2" as "-b 1" plus a stray "2"
@@ -123,8 +124,12 @@ def add_official_student_flags(parser, *, num_cls):
     g.add_argument("--marginal_relu", action="store_true", default=argparse.SUPPRESS,
                    help="inert: a no-op in the official code (it clips already post-ReLU features at a negative "
                         "bound)")
-    if num_cls:
+    if num_cls == "checked":
         add_num_cls_flag(g)
+    else:
+        g.add_argument("--num_cls", type=positive_int, default=argparse.SUPPRESS,
+                       help="inert: the official ImageNet script sets it to 1000 whatever is given; here the number "
+                            "of class folders decides")
     return parser
 
 

@@ -72,6 +72,9 @@ def choose_device(requested="auto", local_rank=0, world_size=1):
             raise UsageError(f"--device {requested} would put every torchrun process on one GPU; use --device cuda "
                              "(each process takes cuda:LOCAL_RANK) and choose GPUs with CUDA_VISIBLE_DEVICES")
         index, count = torch.device(requested).index or 0, torch.cuda.device_count()
+        if index >= count and world_size > 1:  # "cuda" became cuda:LOCAL_RANK: more processes than GPUs
+            raise UsageError(f"torchrun started a process with LOCAL_RANK {local_rank} but this machine has {count} "
+                             f"CUDA device{'s' if count != 1 else ''}; pass --nproc_per_node {count} or less")
         if index >= count:
             raise UsageError(f"--device {requested}: this machine has {count} CUDA device"
                              f"{'s' if count != 1 else ''} (cuda:0 to cuda:{count - 1}); pick one of them")

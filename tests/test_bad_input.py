@@ -159,6 +159,8 @@ def test_an_explicit_gpu_index_under_torchrun_is_refused(monkeypatch):
     # an index past the machine's GPUs is named as such, not left to fail inside CUDA
     with pytest.raises(UsageError, match=r"--device cuda:2: this machine has 2 CUDA devices \(cuda:0 to cuda:1\)"):
         choose_device("cuda:2", local_rank=0, world_size=1)
+    with pytest.raises(UsageError, match=r"LOCAL_RANK 2 but this machine has 2 CUDA devices; pass --nproc_per_node 2"):
+        choose_device("cuda", local_rank=2, world_size=3)
 
 
 def test_teacher_architecture_is_read_from_the_weights_alone():
@@ -187,3 +189,11 @@ def test_official_flags_without_a_counterpart_say_what_to_use(capsys, tmp_path, 
     err = fails(train_cifar_student.main, argv + ["--save_root", str(tmp_path / "s")], capsys)
     assert f"unrecognized arguments: {flag}" in err and hint in err, err
     assert os.listdir(tmp_path) == []
+    if flag != "--use_layer3":  # the --flag=value spelling gets the same hint
+        err = fails(train_cifar_student.main, ["--path_t", "t.pth", f"{flag}=5"], capsys)
+        assert hint in err, err
+
+
+def test_a_bare_b1_names_the_norm_weight_flag(capsys):
+    err = fails(train_cifar_student.main, ["--path_t", "t.pth", "-b1"], capsys)
+    assert "expected one argument" in err and "the NORM loss weight is written apart: -b 1" in err, err

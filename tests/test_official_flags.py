@@ -3,7 +3,6 @@ an empty --lr_decay_epochs refused. Nothing here trains: the parsers are built a
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -53,12 +52,12 @@ def test_b1_is_beta1_and_b_stays_the_norm_weight():
     assert opt.beta1 == 0.1 and opt.beta is None
 
 
-def test_imagenet_script_takes_the_inert_flags_but_not_num_cls(capsys):
+def test_imagenet_script_takes_the_inert_flags(capsys):
     parser = student_parser(train_imagenet_student.IMAGENET_PROFILE)
     opt = parser.parse_args(["-b1", "2", "--kd-warm-up", "5", "--marginal_relu", "--tb_freq", "10", "-b", "1"])
     assert (opt.beta1, opt.kd_warm_up, opt.marginal_relu, opt.tb_freq, opt.beta) == (2.0, 5.0, True, 10, 1.0)
-    err = fails(train_imagenet_student.main, ["--num_cls", "1000"], capsys)
-    assert "unrecognized arguments: --num_cls 1000" in err
+    # the official ImageNet script forced --num_cls to 1000; here it is accepted and the class folders decide
+    assert parser.parse_args(["--num_cls", "1000"]).num_cls == 1000
 
 
 def test_teacher_takes_tb_freq_and_num_cls_and_range_checks_tb_freq(capsys, tmp_path):
@@ -91,7 +90,6 @@ def test_num_cls_mismatch_in_the_real_student_script(tmp_path):
     teacher = tmp_path / "t.pth"
     teacher.write_bytes(b"")  # never read: the class count is checked before the teacher is loaded
     save = tmp_path / "save"
-    started = time.monotonic()
     out = subprocess.run([sys.executable, "train_cifar_student.py", *OFFICIAL[2:], "--path_t", str(teacher),
                           "--num_cls", "10", "--save_root", str(save)], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
@@ -99,7 +97,6 @@ def test_num_cls_mismatch_in_the_real_student_script(tmp_path):
     assert out.stderr.strip().splitlines() == [
         "error: --num_cls 10 disagrees with --dataset cifar100, which has 100 classes; pass --num_cls 100 or leave "
         "it out"]
-    assert time.monotonic() - started < 60  # the import of torch, then the check: no data, no model
     assert not save.exists() and out.stdout == ""
 
 
@@ -157,3 +154,11 @@ def test_a_resume_may_add_or_drop_the_inert_flags(tiny_cifar, tmp_path, capsys):
     again = train_cifar_teacher.main(base + ["--resume", "--tb_freq", "500", "--num_cls", "100"])
     assert again["run"] == first["run"] and again["best_acc"] == first["best_acc"]
     assert "already finished its 1 epochs" in capsys.readouterr().out
+
+
+def test_teacher_takes_the_official_logit_scale_as_inert():
+    import train_cifar_teacher
+
+    with_c = vars(train_cifar_teacher.parser().parse_args(["--model", "resnet8", "-c", "2.5"]))
+    without = vars(train_cifar_teacher.parser().parse_args(["--model", "resnet8"]))
+    assert with_c.pop("ceta") == 2.5 and with_c == without
