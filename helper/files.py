@@ -4,10 +4,22 @@ Kept free of torch so that light scripts (plots, summaries, the ledger's bookkee
 importing it; helper.checkpoint builds its torch.save writer on `_write_atomic`.
 """
 import errno
+import glob
 import os
 import tempfile
 
 from .errors import UsageError
+
+
+LOCK_NAME = ".lock"  # a run folder's lock file (helper.run_store.RunLock)
+
+
+def is_run_folder(folder):
+    """Whether `folder` belongs to a training run: its config.json beside the run's lock or a `<model>_last.pth`."""
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        return False
+    return os.path.exists(os.path.join(folder, LOCK_NAME)) or bool(
+        glob.glob(os.path.join(glob.escape(folder), "*_last.pth")))
 
 
 class CheckpointWriteError(UsageError):

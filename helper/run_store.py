@@ -8,7 +8,7 @@ import os
 import subprocess
 
 from .checkpoint import CheckpointWriteError, load_checkpoint, save_atomic, write_text_atomic
-from .files import append_whole_line
+from .files import LOCK_NAME, append_whole_line
 from .errors import UsageError
 
 # Options that may change between an interrupted run and its resumption without changing what is learned.
@@ -22,7 +22,6 @@ OPERATIONAL_OPTIONS = {"resume", "num_workers", "print_freq", "device", "data_ro
 # The loss-weight flags and the names Distiller.weights gives them.
 WEIGHT_OPTIONS = {"gamma": "gamma", "alpha": "alpha", "beta": "beta", "ceta": "logit_scale"}
 
-LOCK_NAME = ".lock"
 TEMP_PATTERN = ".tmp-*"  # what save_atomic and write_text_atomic leave behind when killed mid-write
 
 

@@ -16,6 +16,7 @@ import torch  # noqa: E402
 from helper import deploy  # noqa: E402
 from helper.checkpoint import load_checkpoint, model_state, save_atomic, write_bytes_atomic  # noqa: E402
 from helper.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
+from helper.files import is_run_folder  # noqa: E402
 from helper.model_loading import build_model, checkpoint_config, load_model_state, load_student  # noqa: E402
 from helper.options import positive_int  # noqa: E402
 from models import imagenet_model_dict, model_dict  # noqa: E402
@@ -82,7 +83,7 @@ def output_paths(opt):
 
 
 def _same_file(a, b):
-    """Whether two paths name one file (through links too); False when either does not exist."""
+    """Whether two paths name one file: through links when both exist, else by their absolute paths."""
     try:
         return os.path.samefile(a, b)
     except OSError:
@@ -96,11 +97,11 @@ def refuse_overwriting_inputs(path, flag, opt):
     folder, which a running or resumed training owns) would lose them for good.
     """
     for source, source_flag in ((opt.path, "--path"), (getattr(opt, "path_t", None), "--path_t")):
-        if source and _same_file(path, source):
+        if source and os.path.exists(source) and _same_file(path, source):  # a missing one is reported on loading
             raise UsageError(f"{flag} {path} is the {source_flag} checkpoint itself; write the export elsewhere, "
                              "e.g. --out student_deploy.pth")
     folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isfile(os.path.join(folder, "config.json")) and os.path.exists(os.path.join(folder, ".lock")):
+    if is_run_folder(folder):
         raise UsageError(f"{flag} {path} is inside the training run folder {folder}; write the export outside it")
 
 

@@ -269,6 +269,15 @@ def test_export_never_writes_over_its_input_or_into_a_run_folder(tmp_path, capsy
     err = fails(export_student.main, ["--path", path, "--out", str(run / "deploy.pth")], capsys)
     assert "inside the training run folder" in err
     assert sorted(os.listdir(run)) == [".lock", "config.json"]
+    # a run folder copied without its lock is still one: its config.json and <model>_last.pth say so
+    (run / ".lock").unlink()
+    (run / "resnet8_last.pth").write_bytes(b"a run's checkpoint")
+    err = fails(export_student.main, ["--path", path, "--out", str(run / "deploy.pth")], capsys)
+    assert "inside the training run folder" in err
+    # a --path that does not exist is reported as missing, even when --out names the same file
+    err = fails(export_student.main, ["--path", str(tmp_path / "gone.pth"), "--out", str(tmp_path / "gone.pth")],
+                capsys)
+    assert "does not exist" in err, err
 
 
 def test_format_both_derives_the_onnx_name(exported_resnet8):
