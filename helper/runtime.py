@@ -156,6 +156,14 @@ def all_reduce_sum(tensor, runtime):
     return tensor
 
 
+def ranks_done():
+    """After a run that ended normally: wait until every rank got here, so none leaves the group while a peer still
+    talks to it (gloo can abort a process whose connections are torn down under it). Not on error paths: a rank that
+    failed never arrives, and the others would wait for it."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def cleanup():
     """Leave the process group if one was joined."""
     if dist.is_initialized():

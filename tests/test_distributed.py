@@ -14,7 +14,7 @@ from helper.checkpoint import load_checkpoint
 from helper.distributed import (StageWrapper, broadcast_from_rank0, check_sync_bn, gather_rng_states,
                                 per_process_batch, restore_rng_state)
 from helper.errors import UsageError
-from helper.runtime import Runtime, seed_everything
+from helper.runtime import Runtime, ranks_done, seed_everything
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,6 +61,7 @@ def rank_worker(rank, rendezvous):
         both = [torch.zeros(4), torch.zeros(4)]
         dist.all_gather(both, expected)
         assert not torch.equal(both[0], both[1])  # rank 1 did not get rank 0's state back
+        ranks_done()  # as the training scripts do: no rank tears gloo down under its peer
     finally:
         dist.destroy_process_group()
 
@@ -109,6 +110,7 @@ def layout_worker(rank, rendezvous):
         trainer.opt.compile = False
         trainer.opt.deterministic = True  # a fixed layout: no collective, nothing measured
         assert Trainer.install_inference_teacher(trainer, [(torch.zeros(3, 4, 4), 0)]) == "contiguous"
+        ranks_done()
     finally:
         dist.destroy_process_group()
 
