@@ -150,6 +150,7 @@ class RunStore:
 
     def __init__(self, run_dir, name, *, resume, is_main=True, save_root=None):
         self.run_dir, self.name, self.resume, self.is_main = run_dir, name, resume, is_main
+        self.started_over = False  # --resume found no checkpoint and starts the run from its beginning
         self.save_root = save_root or os.path.dirname(os.path.dirname(run_dir))
         self.last_path = os.path.join(run_dir, f"{name}_last.pth")
         self.best_path = os.path.join(run_dir, f"{name}_best.pth")
@@ -173,7 +174,7 @@ class RunStore:
 
     def _check_folder(self, config):
         if self.resume and not os.path.isfile(self.last_path):
-            raise UsageError(self._missing_run_message(config))
+            self._resume_without_checkpoint(config)
         if not self.resume and os.path.isfile(self.last_path):
             raise UsageError(self._occupied_message(config))
         existing = os.path.abspath(self.run_dir)
@@ -185,6 +186,27 @@ class RunStore:
         if not os.path.isdir(existing) or not os.access(existing, os.W_OK):
             raise UsageError(f"cannot create the run folder {self.run_dir} ({existing} is not a writable folder); "
                              "choose a writable --save_root")
+
+    def _resume_without_checkpoint(self, config):
+        """--resume where no checkpoint was written yet: the run is started from its beginning (`self.resume` turns
+        False) when nothing else can be meant, i.e. a run killed before its first checkpoint (its folder's config.json
+        is this command's) or nothing of this command anywhere. A run of it beside this one with other options, or
+        this folder's own other options, is refused: then --resume most likely has a mistyped option."""
+        saved = None
+        try:
+            with open(os.path.join(self.run_dir, "config.json")) as handle:
+                saved = normalise_saved_config(json.load(handle))
+        except (OSError, ValueError):
+            pass
+        if saved is not None and config:
+            diffs = config_differences(saved, config)
+            if diffs:
+                raise UsageError(f"--resume with a changed configuration: {describe_differences(saved, config, diffs)}"
+                                 "; rerun with the saved options, or start a new run with another --trial")
+        elif config and self._closest_sibling(config) is not None:
+            raise UsageError(self._missing_run_message(config))
+        self.resume = False
+        self.started_over = True
 
     def _occupied_message(self, config):
         """Why a new run cannot start here; when the saved run has other options, which (--resume would refuse them)."""

@@ -38,6 +38,10 @@ def prepare_run_dir(run_dir, name, opt):
     store = RunStore(run_dir, name, resume=opt.resume, is_main=rank == 0, save_root=opt.save_root)
     per_process_batch(opt.batch_size, world)  # refused before anything loads
     store.check(run_config(opt, world))
+    if store.started_over:  # killed before its first checkpoint (or never started): nothing to lose, start it
+        opt.resume = False
+        if rank == 0:
+            print(f"--resume: {run_dir} has no checkpoint yet; starting the run from its beginning", flush=True)
     return store
 
 

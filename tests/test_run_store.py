@@ -238,13 +238,46 @@ def test_a_loss_that_stays_non_finite_under_fp16_is_caught_although_the_scaler_s
 
 
 def test_a_refused_command_releases_the_folder_at_once(tiny_cifar, tmp_path):
-    run = tmp_path / "models" / "resnet8_cifar100_lr_0.05_decay_0.0005_trial_0"
-    run.mkdir(parents=True)  # a run killed before its first checkpoint
-    with pytest.raises(UsageError, match="does not exist") as first:
-        train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path, "--resume"))
+    train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path))
+    with pytest.raises(UsageError, match="already holds a run") as first:
+        train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path))
     assert first.value is not None  # the failed call's objects are still alive here
-    with pytest.raises(UsageError, match="does not exist"):  # not "in use by process <this one>"
-        train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path, "--resume"))
+    with pytest.raises(UsageError, match="already holds a run"):  # not "in use by process <this one>"
+        train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path))
+
+
+class KilledEarly(BaseException):
+    """Stands in for SIGKILL before the first checkpoint: no clean-up code of the run catches it."""
+
+
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_over(tiny_cifar, tmp_path, monkeypatch,
+                                                                          capsys):
+    # the command a scheduler reruns after a kill: the same one plus --resume, whenever the kill came
+    reference = train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path / "reference"))
+    with monkeypatch.context() as patch:
+        def killed(*args, **kwargs):
+            raise KilledEarly
+
+        patch.setattr("helper.run_store.save_atomic", killed)
+        with pytest.raises(KilledEarly):
+            train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path / "save"))
+    run = next((tmp_path / "save" / "models").iterdir())
+    assert (run / "config.json").is_file() and not list(run.glob("*.pth"))
+    capsys.readouterr()
+    summary = train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path / "save", "--resume"))
+    assert "has no checkpoint yet; starting the run from its beginning" in capsys.readouterr().out
+    assert (summary["best_acc"], summary["last_acc"]) == (reference["best_acc"], reference["last_acc"])
+    # nothing of this command anywhere (killed before its folder existed): --resume starts it as well
+    fresh = train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path / "never", "--resume"))
+    assert fresh["best_acc"] == reference["best_acc"]
+
+
+def test_resume_without_a_checkpoint_refuses_what_looks_like_a_typo(tiny_cifar, tmp_path):
+    # a finished run with --learning_rate 0.05 beside the one asked for: --resume with 0.1 names the difference
+    train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path, "--learning_rate", "0.05"))
+    with pytest.raises(UsageError, match=r"holds a run of this command with other options: learning_rate"):
+        train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path, "--learning_rate", "0.1", "--resume"))
+    assert len(list((tmp_path / "models").iterdir())) == 1  # nothing started
 
 
 def test_a_new_run_into_an_occupied_folder_names_the_options_it_changed(tiny_cifar, tmp_path):
