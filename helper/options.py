@@ -41,6 +41,19 @@ fraction_below_one = _ranged("fraction_below_one", _finite_float, "number in [0,
 finite_float = _ranged("finite_float", _finite_float, "number", lambda v: True)
 
 
+def trial_name(text):
+    """argparse type: a trial name, which ends the run folder's name, so non-empty and without a path separator."""
+    text = str(text)
+    bad = [c for c in ("/", "\\", "\0") if c in text]
+    if not text.strip() or bad:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a non-empty name without '/' or '\\' (it ends the run "
+                                         "folder's name), e.g. --trial 1")
+    return text
+
+
+trial_name.__name__ = "trial name"
+
+
 def int_list(text):
     """argparse type: '150,180,210' -> [150, 180, 210] (epochs, so each an integer >= 1); at least one."""
     epochs = [positive_int(x) for x in str(text).split(",") if x.strip()]
@@ -75,7 +88,7 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
     g.add_argument("--num_workers", type=non_negative_int, default=None,
                    help=f"data-loading workers per process (default: {num_workers}, capped by the CPUs available)")
     g = p.add_argument_group("run")
-    g.add_argument("-t", "--trial", default="0", help="name of this trial (part of the run folder)")
+    g.add_argument("-t", "--trial", type=trial_name, default="0", help="name of this trial (part of the run folder)")
     g.add_argument("--save_root", default="./save", help="where run folders and results.jsonl go")
     g.add_argument("--save_freq", type=positive_int, default=save_freq, help="write ckpt_epoch_E.pth every E")
     g.add_argument("--print_freq", type=positive_int, default=100, help="log every this many steps")

@@ -197,3 +197,12 @@ def test_official_flags_without_a_counterpart_say_what_to_use(capsys, tmp_path, 
 def test_a_bare_b1_names_the_norm_weight_flag(capsys):
     err = fails(train_cifar_student.main, ["--path_t", "t.pth", "-b1"], capsys)
     assert "expected one argument" in err and "the NORM loss weight is written apart: -b 1" in err, err
+
+
+@pytest.mark.parametrize("trial", ["a/b", "", " ", "x\\y"])
+def test_a_trial_name_that_is_not_a_folder_name_is_refused(capsys, tmp_path, trial):
+    err = fails(train_cifar_student.main, ["--path_t", "t.pth", "--trial", trial, "--save_root", str(tmp_path)],
+                capsys)
+    assert "argument -t/--trial" in err and "non-empty name without '/'" in err, err
+    assert os.listdir(tmp_path) == []
+    assert train_cifar_teacher.parser().parse_args(["--trial", "run-3.b"]).trial == "run-3.b"
