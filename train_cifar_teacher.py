@@ -3,7 +3,6 @@
 Example: python train_cifar_teacher.py --model resnet32x4 --trial 0
 """
 import argparse
-import gc
 import os
 import sys
 
@@ -14,7 +13,7 @@ from helper.errors import run_cli
 from helper.launch import apply_gids
 from helper.model_loading import build_model
 from helper.options import add_num_cls_flag, base_parser, check_num_cls, finite_float, resolve_seed
-from helper.runtime import cleanup, ranks_done, seed_everything, setup_runtime, shared_seed
+from helper.runtime import cleanup, seed_everything, setup_runtime, shared_seed
 from helper.trainer import Trainer, prepare_run_dir
 from models import model_dict
 
@@ -57,11 +56,7 @@ def main(argv=None):
                           train_set=train_set, val_set=val_set,
                           record={"teacher": None, "student": opt.model, "method": "vanilla",
                                   "dataset": opt.dataset, "trial": opt.trial})
-        summary = trainer.fit()
-        ranks_done()
-        del trainer  # its DDP wrapper holds the process group: released before cleanup() destroys the group
-        gc.collect()
-        return summary
+        return trainer.fit()
     finally:
         store.close()
         cleanup()

@@ -81,11 +81,12 @@ def check_same_classes(train, val):
     train_classes, val_classes = getattr(train, "class_to_idx", None), getattr(val, "class_to_idx", None)
     if train_classes is None or val_classes is None or train_classes == val_classes:
         return
-    only_train = sorted(set(train_classes) - set(val_classes))
-    only_val = sorted(set(val_classes) - set(train_classes))
-    differ = "; ".join(part for part in (
-        f"only in train: {', '.join(only_train[:3])}{' ...' if len(only_train) > 3 else ''}" if only_train else "",
-        f"only in val: {', '.join(only_val[:3])}{' ...' if len(only_val) > 3 else ''}" if only_val else "") if part)
+    def only_in(split, names, others):
+        extra = sorted(set(names) - set(others))
+        return f"only in {split}: {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}" if extra else None
+
+    differ = "; ".join(filter(None, (only_in("train", train_classes, val_classes),
+                                      only_in("val", val_classes, train_classes))))
     raise DatasetError(f"the train and val splits have different class folders ({differ}); give both splits the "
                        "same class folders")
 

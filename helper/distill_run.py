@@ -1,5 +1,4 @@
 """The shared main of the student scripts (CIFAR and ImageNet): teacher, student, method, run folder, training."""
-import gc
 import os
 import sys
 
@@ -12,7 +11,7 @@ from .launch import apply_gids
 from .model_loading import build_model, check_plain_state, load_model_state, matching_architectures
 from .options import (add_official_student_flags, base_parser, non_negative_float, positive_float, positive_int,
                       resolve_seed)
-from .runtime import cleanup, ranks_done, seed_everything, setup_runtime, shared_seed
+from .runtime import cleanup, seed_everything, setup_runtime, shared_seed
 from .teacher_registry import teacher_accuracy_warning
 from .trainer import Trainer, prepare_run_dir
 
@@ -130,11 +129,7 @@ def student_main(argv, profile):
             warning = teacher_accuracy_warning(opt.path_t, opt.model_t, opt.dataset, teacher_acc["acc1"])
             if warning:
                 trainer.log(warning, err=True)
-        summary = trainer.fit()
-        ranks_done()
-        del trainer  # its DDP wrapper holds the process group: released before cleanup() destroys the group
-        gc.collect()
-        return summary
+        return trainer.fit()
     finally:
         store.close()
         cleanup()

@@ -44,8 +44,7 @@ finite_float = _ranged("finite_float", _finite_float, "number", lambda v: True)
 def trial_name(text):
     """argparse type: a trial name, which ends the run folder's name, so non-empty and without a path separator."""
     text = str(text)
-    bad = [c for c in ("/", "\\", "\0") if c in text]
-    if not text.strip() or bad:
+    if not text.strip() or any(c in text for c in ("/", "\\", "\0")):
         raise argparse.ArgumentTypeError(f"{text!r}: give a non-empty name without '/' or '\\' (it ends the run "
                                          "folder's name), e.g. --trial 1")
     return text

@@ -192,17 +192,9 @@ class RunStore:
         False) when nothing else can be meant, i.e. a run killed before its first checkpoint (its folder's config.json
         is this command's) or nothing of this command anywhere. A run of it beside this one with other options, or
         this folder's own other options, is refused: then --resume most likely has a mistyped option."""
-        saved = None
-        try:
-            with open(os.path.join(self.run_dir, "config.json")) as handle:
-                saved = normalise_saved_config(json.load(handle))
-        except (OSError, ValueError):
-            pass
+        saved = saved_config(self.run_dir)
         if saved is not None and config:
-            diffs = config_differences(saved, config)
-            if diffs:
-                raise UsageError(f"--resume with a changed configuration: {describe_differences(saved, config, diffs)}"
-                                 "; rerun with the saved options, or start a new run with another --trial")
+            refuse_changed_configuration(saved, config)
         elif config and self._closest_sibling(config) is not None:
             raise UsageError(self._missing_run_message(config))
         self.resume = False
@@ -211,11 +203,7 @@ class RunStore:
     def _occupied_message(self, config):
         """Why a new run cannot start here; when the saved run has other options, which (--resume would refuse them)."""
         base = f"{self.run_dir} already holds a run"
-        try:
-            with open(os.path.join(self.run_dir, "config.json")) as handle:
-                saved = normalise_saved_config(json.load(handle))
-        except (OSError, ValueError):
-            saved = None
+        saved = saved_config(self.run_dir)
         diffs = config_differences(saved, config) if saved is not None and config else []
         if diffs:
             return (f"{base} with other options: {describe_differences(saved, config, diffs)}; pick another --trial "
@@ -238,12 +226,8 @@ class RunStore:
         # escaped: a --save_root or file name with [ ] * ? is a literal path, not a pattern
         pattern = os.path.join(glob.escape(os.path.dirname(self.run_dir)), "*", glob.escape(f"{self.name}_last.pth"))
         for path in glob.glob(pattern):
-            try:
-                with open(os.path.join(os.path.dirname(path), "config.json")) as handle:
-                    saved = normalise_saved_config(json.load(handle))
-            except (OSError, ValueError):
-                continue
-            if saved.get("trial") != config.get("trial"):
+            saved = saved_config(os.path.dirname(path))
+            if saved is None or saved.get("trial") != config.get("trial"):
                 continue
             diffs = config_differences(saved, config)
             if diffs and (best is None or len(diffs) < len(best[2])):
@@ -253,11 +237,7 @@ class RunStore:
     def read_resumable(self, config, method_cls=None):
         """The run's last checkpoint, refused when this command line changes what the run learns."""
         ckpt = load_checkpoint(self.last_path)
-        saved = normalise_saved_config(ckpt.get("config", {}), method_cls)
-        diffs = config_differences(saved, config)
-        if diffs:
-            raise UsageError(f"--resume with a changed configuration: {describe_differences(saved, config, diffs)}; "
-                             "rerun with the saved options, or start a new run with another --trial")
+        refuse_changed_configuration(normalise_saved_config(ckpt.get("config", {}), method_cls), config)
         return ckpt
 
     # ------------------------------------------------------------------ the run's life
@@ -382,6 +362,23 @@ def _reason(err):
     if err.errno == errno.ENOSPC:
         return "the disk is full (No space left on device)"
     return err.strerror or str(err)
+
+
+def saved_config(run_dir):
+    """The run folder's config.json in today's terms, or None when it is missing or unreadable."""
+    try:
+        with open(os.path.join(run_dir, "config.json")) as handle:
+            return normalise_saved_config(json.load(handle))
+    except (OSError, ValueError):
+        return None
+
+
+def refuse_changed_configuration(saved, config):
+    """A UsageError naming the options in which this command differs from the run's saved ones (none: nothing)."""
+    diffs = config_differences(saved, config)
+    if diffs:
+        raise UsageError(f"--resume with a changed configuration: {describe_differences(saved, config, diffs)}; "
+                         "rerun with the saved options, or start a new run with another --trial")
 
 
 def _unlockable_message(folder, path, err):

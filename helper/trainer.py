@@ -2,6 +2,7 @@
 
 The run folder and its policies live in `run_store`, DDP in `distributed`, the step loop in `engine`.
 """
+import gc
 import os
 import sys
 import time
@@ -16,6 +17,7 @@ from .distributed import (StageWrapper, broadcast_from_rank0, check_sync_bn, gat
 from .engine import Interrupted, NonFiniteLoss, train_one_epoch, validate
 from .errors import UsageError
 from .run_store import RunStore, git_commit, plain_config
+from .runtime import ranks_done
 from .schedule import learning_rate, set_learning_rate
 from .signals import StopRequest
 from .timing import PHASES, format_duration
@@ -321,7 +323,16 @@ class Trainer:
         self.log(f"summary: {self.name} best acc@1 {self.best_acc:.2f} last acc@1 {summary['last_acc']:.2f} "
                  f"({self.run_dir})")
         self.store.append_result(summary)
+        self.leave_process_group_cleanly()
         return summary
+
+    def leave_process_group_cleanly(self):
+        """After a normal end: the ranks meet (none leaves while a peer still talks to it) and the DDP wrapper, which
+        holds the process group, is dropped, so that runtime.cleanup() destroys a group nothing uses any more (gloo
+        has been seen to abort a process torn down otherwise)."""
+        ranks_done()
+        self.wrapper = None
+        gc.collect()
 
     def finished_already(self):
         """A resumed run with nothing left to train: its summary, and its results line if a kill kept it from there."""
@@ -334,6 +345,7 @@ class Trainer:
                 if added else "")
         self.log(f"{self.run_dir} already finished its {self.opt.epochs} epochs (best acc@1 {self.best_acc:.2f}); "
                  f"nothing to resume{note}")
+        self.leave_process_group_cleanly()
         return summary
 
     def summary(self, seconds):
