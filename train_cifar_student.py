@@ -6,9 +6,9 @@ Example (the paper's README): python train_cifar_student.py --path_t ./save/mode
 import os
 
 from dataset import num_classes
-from helper.distill_run import student_main
+from helper.cli.student import student_main
 from helper.errors import run_cli
-from helper.options import check_num_cls
+from helper.cli.parser import check_num_cls
 from models import model_dict
 
 CIFAR_PROFILE = {

@@ -8,13 +8,13 @@ import sys
 
 from dataset import num_classes
 from distiller_zoo import Vanilla
-from helper.data import load_datasets
+from helper.loaders.loader import load_datasets
 from helper.errors import run_cli
-from helper.launch import apply_gids
-from helper.model_loading import build_model
-from helper.options import add_num_cls_flag, base_parser, check_num_cls, finite_float, resolve_seed
-from helper.runtime import cleanup, seed_everything, setup_runtime, shared_seed
-from helper.trainer import Trainer, prepare_run_dir
+from helper.cli.gids import apply_gids
+from helper.teachers.loading import build_model
+from helper.cli.parser import add_num_cls_flag, base_parser, check_num_cls, finite_float, resolve_seed
+from helper.runtime.device import cleanup, seed_everything, setup_runtime, shared_seed
+from helper.training.trainer import Trainer, prepare_run_dir
 from models import model_dict
 
 SMALL_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")  # trained at lr 0.01 by the official scripts

@@ -7,7 +7,7 @@ torchrun --nproc_per_node=8 train_imagenet_student.py ... --batch_size 32   # 8 
 import os
 
 from dataset import num_classes
-from helper.distill_run import student_main
+from helper.cli.student import student_main
 from helper.errors import run_cli
 from models import imagenet_model_dict
 

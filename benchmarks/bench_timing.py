@@ -1,6 +1,6 @@
 """What the per-epoch time split costs: the real training loop with and without its phase timers, side by side.
 
-Both settings run `helper.engine.train_one_epoch` on the same NORM method and in-memory batches, alternating
+Both settings run `helper.training.engine.train_one_epoch` on the same NORM method and in-memory batches, alternating
 several rounds so that drift of the machine hits both alike; it prints the median ms/step of each and their ratio.
 
     python3 benchmarks/bench_timing.py --pair resnet56:resnet20 --steps 10 --rounds 5
@@ -19,7 +19,7 @@ if ROOT not in sys.path:
 
 def parse_args(argv=None):
     """The benchmark's flags."""
-    from helper.options import positive_int
+    from helper.cli.parser import positive_int
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:K")
@@ -36,9 +36,9 @@ def main(argv=None):
     import torch
 
     from distiller_zoo import METHODS
-    from helper.distill_run import student_parser
-    from helper.engine import train_one_epoch
-    from helper.runtime import setup_runtime
+    from helper.cli.student import student_parser
+    from helper.training.engine import train_one_epoch
+    from helper.runtime.device import setup_runtime
     from models import model_dict
     from train_cifar_student import CIFAR_PROFILE
 

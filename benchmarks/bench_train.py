@@ -26,10 +26,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 # data: "host" = float batches prepared on the CPU and copied every step (the DataLoader path, its augmentation
-# done beforehand as workers would); "device" = helper/device_data.py. sync: loss.item() every step, as the
+# done beforehand as workers would); "device" = helper/loaders/device.py. sync: loss.item() every step, as the
 # official code does for its loss meter. channels_last: the method's memory format (--channels_last). teacher:
 # "original" = the teacher module under no_grad, "inference" = Distiller.install_inference_teacher (BatchNorm
-# folded, own memory format measured at start-up). keep_memory: helper/host_memory.py (freed host blocks are reused,
+# folded, own memory format measured at start-up). keep_memory: helper/runtime/host_memory.py (freed host blocks are reused,
 # not unmapped and faulted in again every step). huge_pages: fast with torch's THP_MEM_ALLOC_ENABLE=1 (blocks of
 # 2 MiB and more are 2 MiB-aligned and madvise'd as transparent huge pages). amp and fused SGD apply on CUDA only.
 CONFIGS = {
@@ -145,7 +145,7 @@ def peak_memory_mib(device):
 def device_name(device):
     """The GPU's name, or the CPU model and core count."""
     import torch
-    from helper.runtime import device_model_name
+    from helper.runtime.device import device_model_name
 
     if device.type == "cuda":
         return device_model_name(device)
@@ -157,7 +157,7 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 class PhaseClock:
-    """Synchronising marks of `clock` (breakdown pass only); collects the teacher's spans for helper.timing."""
+    """Synchronising marks of `clock` (breakdown pass only); collects the teacher's spans for helper.training.timing."""
 
     def __init__(self, device, clock):
         self.device, self.clock, self.teacher_s = device, clock, 0.0
@@ -179,8 +179,8 @@ class Bench:
     def __init__(self, args, name):
         import torch
         from distiller_zoo import METHODS
-        from helper.device_data import device_loader_for
-        from helper.runtime import choose_device, seed_everything, setup_runtime
+        from helper.loaders.device import device_loader_for
+        from helper.runtime.device import choose_device, seed_everything, setup_runtime
         from models import model_dict
 
         if args.threads:
@@ -220,7 +220,7 @@ class Bench:
             self.teacher_summary = method.install_inference_teacher(
                 example, compile=cfg["compile"], autocast=runtime.autocast, cache_path=args.layout_cache).summary()
         if cfg["compile"]:
-            from helper.trainer import compile_networks  # as the trainer's --compile, in place
+            from helper.training.trainer import compile_networks  # as the trainer's --compile, in place
             compile_networks(student, None if cfg["teacher"] == "inference" else teacher)
         self.setup_s = time.perf_counter() - tic
         self.method = method
@@ -250,7 +250,7 @@ class Bench:
 
     def step(self, clock=None, split=None):
         """One training step; with `clock`, adds its phases' seconds to `split`."""
-        from helper.timing import timed_teacher
+        from helper.training.timing import timed_teacher
 
         images, targets, index = self.next_batch()
         start = clock.mark() if clock else None

@@ -29,7 +29,7 @@ FAST = ["--gpu_data", "--amp", "bf16", "--channels_last", "--fused_sgd", "--comp
 
 def parse_args(argv=None):
     """The check's flags; the defaults are the full-size check for one GPU."""
-    from helper.options import non_negative_int, positive_int
+    from helper.cli.parser import non_negative_int, positive_int
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder for the data, the runs and the report")
@@ -90,7 +90,7 @@ def run_in_process(script, args, log):
 
 def epoch_times(summary, model_s):
     """Training seconds of each epoch, from the run's last checkpoint."""
-    from helper.checkpoint import load_checkpoint
+    from helper.runs.checkpoint import load_checkpoint
 
     history = load_checkpoint(os.path.join(summary["run"], f"{model_s}_last.pth"))["history"]
     return [row["train_s"] for row in history]
@@ -104,7 +104,7 @@ def shared_flags(opt):
 def write_teacher(path, name, num_classes, seed):
     """A randomly initialised teacher in RepDistiller's checkpoint format."""
     import torch
-    from helper.checkpoint import save_atomic
+    from helper.runs.checkpoint import save_atomic
     from models import model_dict
 
     torch.manual_seed(seed)
@@ -161,7 +161,7 @@ def accuracy_check(opt, fast):
 def device_name(device):
     """The accelerator's or the CPU's name."""
     import torch
-    from helper.runtime import choose_device
+    from helper.runtime.device import choose_device
 
     dev = choose_device(device)
     return torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({os.cpu_count()} cores)"

@@ -95,11 +95,11 @@ class Distiller(Vanilla):
 
     def install_inference_teacher(self, example, **options):
         """Serve `teacher_forward` from an inference copy of the teacher (BN folded, own layout; `options` as
-        helper.teacher_inference.InferenceTeacher). Call it after the method is on its device; returns the copy.
+        helper.teachers.inference.InferenceTeacher). Call it after the method is on its device; returns the copy.
 
         `self.teacher` stays the original, for checkpoints and validation; the copy is in no state dict.
         """
-        from helper.teacher_inference import InferenceTeacher
+        from helper.teachers.inference import InferenceTeacher
 
         self.inference_teacher = None
         self.inference_teacher = InferenceTeacher(self.teacher, example, preact=self.preact, **options)

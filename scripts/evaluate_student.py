@@ -11,14 +11,14 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset import build_dataset, num_classes  # noqa: E402
-from helper.checkpoint import load_checkpoint  # noqa: E402
+from helper.runs.checkpoint import load_checkpoint  # noqa: E402
 from helper.deploy import OnnxStudent  # noqa: E402
-from helper.data import eval_loader, worker_count  # noqa: E402
-from helper.engine import validate  # noqa: E402
+from helper.loaders.loader import eval_loader, worker_count  # noqa: E402
+from helper.training.engine import validate  # noqa: E402
 from helper.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
-from helper.model_loading import checkpoint_config, load_student  # noqa: E402
-from helper.options import non_negative_int, positive_int  # noqa: E402
-from helper.runtime import setup_runtime  # noqa: E402
+from helper.teachers.loading import checkpoint_config, load_student  # noqa: E402
+from helper.cli.parser import non_negative_int, positive_int  # noqa: E402
+from helper.runtime.device import setup_runtime  # noqa: E402
 from models import imagenet_model_dict, model_dict  # noqa: E402
 
 DEFAULT_WORKERS = 4

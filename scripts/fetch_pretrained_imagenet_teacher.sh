@@ -25,7 +25,7 @@ TEACHER_DIR="${TEACHER_DIR:-save/models}"
 TIMEOUT="${TIMEOUT:-20}"
 declare -A FILES=() SHA=()
 ALL_TEACHERS=()
-registry="$("$PYTHON" helper/teacher_registry.py files imagenet)" || die "cannot read the teacher registry"
+registry="$("$PYTHON" helper/teachers/registry.py files imagenet)" || die "cannot read the teacher registry"
 while read -r name file digest; do
     [[ -n "$name" ]] || continue
     ALL_TEACHERS+=("$name")

@@ -24,7 +24,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 if [[ "${1:-}" == "--dry-run" ]]; then DRY_RUN=1; shift; fi
 cd "$REPO_ROOT"
 
-registry="$("$PYTHON" helper/teacher_registry.py files cifar100)" || die "cannot read the teacher registry"
+registry="$("$PYTHON" helper/teachers/registry.py files cifar100)" || die "cannot read the teacher registry"
 ALL_TEACHERS=()
 while read -r name _; do [[ -z "$name" ]] || ALL_TEACHERS+=("$name"); done <<<"$registry"
 ORIGINAL_URL="${ORIGINAL_URL:-http://shape2prog.csail.mit.edu/repo}"
@@ -33,7 +33,7 @@ ARCHIVE_URL="${ARCHIVE_URL:-$MDISTILLER_RELEASE/cifar_teachers.tar}"
 TEACHER_DIR="${TEACHER_DIR:-save/models}"
 TIMEOUT="${TIMEOUT:-20}"
 # load the file strictly into the CIFAR-100 architecture; a bad file gives one "error: ..." line and exit status 2
-VERIFY_PY="import sys; from helper.errors import run_cli; from helper.model_loading import load_model_file; \
+VERIFY_PY="import sys; from helper.errors import run_cli; from helper.teachers.loading import load_model_file; \
 from models import model_dict; run_cli(lambda _: load_model_file(model_dict, sys.argv[1], sys.argv[2], 100))"
 
 names=("$@")
@@ -58,7 +58,7 @@ unreachable() {  # exit status of curl/wget -> 0 when it means the server could 
 }
 
 verify() {  # NAME FILE: FILE's SHA-256 against the registry (no torch needed), then load it strictly into NAME
-    run "$PYTHON" helper/teacher_registry.py check cifar100 "$1" "$2" && run "$PYTHON" -c "$VERIFY_PY" "$1" "$2"
+    run "$PYTHON" helper/teachers/registry.py check cifar100 "$1" "$2" && run "$PYTHON" -c "$VERIFY_PY" "$1" "$2"
 }
 
 target_of() { printf '%s/%s_vanilla/ckpt_epoch_240.pth' "$TEACHER_DIR" "$1"; }

@@ -27,7 +27,7 @@ matplotlib.use("Agg")  # files only, never a window
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from helper.files import write_bytes_atomic  # noqa: E402
+from helper.runs.files import write_bytes_atomic  # noqa: E402
 from helper.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
 from scripts.summarize_results import (LABEL_ORDER, InputError, label_and_settings, read_results,  # noqa: E402
                                        summarize)
@@ -102,7 +102,7 @@ def read_curves(run_dir, keys=None):
     The history in `<model>_last.pth` first; when it lacks one of `keys` (default: test top-1, learning rate, total
     loss — an older run's history holds only the accuracy), every key it lacks comes from the TensorBoard logs.
     """
-    from helper.checkpoint import load_checkpoint
+    from helper.runs.checkpoint import load_checkpoint
 
     with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as handle:
         config = json.load(handle)

@@ -9,7 +9,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import train_cifar_student  # noqa: E402
-from helper import distributed, signals, trainer  # noqa: E402
+from helper.runtime import distributed  # noqa: E402
+from helper.training import signals, trainer  # noqa: E402
 
 dump_dir = os.environ["DUMP_DIR"]
 wrapped = []

@@ -7,7 +7,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import train_imagenet_student  # noqa: E402
-from helper import trainer  # noqa: E402
+from helper.training import trainer  # noqa: E402
 
 finish = trainer.Trainer.finish
 

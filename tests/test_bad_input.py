@@ -148,7 +148,7 @@ def test_an_official_flag_is_not_taken_as_a_prefix_of_ours(capsys, tmp_path):
 
 def test_an_explicit_gpu_index_under_torchrun_is_refused(monkeypatch):
     from helper.errors import UsageError
-    from helper.runtime import choose_device
+    from helper.runtime.device import choose_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # only device objects are made, no CUDA call
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -164,7 +164,7 @@ def test_an_explicit_gpu_index_under_torchrun_is_refused(monkeypatch):
 
 
 def test_teacher_architecture_is_read_from_the_weights_alone():
-    from helper.distill_run import infer_teacher_name
+    from helper.cli.student import infer_teacher_name
     from models import imagenet_model_dict, model_dict
 
     # torchvision's resnet34 file fits resnet34 and the official student variant resnet34S: a teacher is resnet34

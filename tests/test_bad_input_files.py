@@ -15,9 +15,9 @@ from torchvision import transforms
 import train_cifar_student
 import train_cifar_teacher
 from dataset import CIFAR, FashionMNIST, ImageFolderWithIndex
-from helper.checkpoint import load_checkpoint
+from helper.runs.checkpoint import load_checkpoint
 from helper.errors import UsageError
-from helper.model_loading import load_student
+from helper.teachers.loading import load_student
 from models import model_dict
 from models.imagenet.mobilenet import MobileNet
 from models.norm import attach_feature_transform, fold_transform_into_classifier
@@ -42,7 +42,7 @@ from tests.test_bad_input import QUICK, fails
     ("--init_epochs", "-1", "0"), ("--crd_weight", "-2.5", "0"),
 ])
 def test_numeric_flags_are_range_checked(capsys, tmp_path, flag, bad, edge):
-    from helper.distill_run import student_parser
+    from helper.cli.student import student_parser
 
     with pytest.raises(SystemExit) as exit_info:  # the real script, which would load data and models next
         train_cifar_student.main([flag, bad, "--data_root", str(tmp_path / "none"), "--save_root", str(tmp_path)])

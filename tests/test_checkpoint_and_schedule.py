@@ -7,10 +7,10 @@ import os
 import pytest
 import torch
 
-from helper import checkpoint
-from helper.checkpoint import CheckpointWriteError, load_checkpoint, model_state, save_atomic
+from helper.runs import checkpoint
+from helper.runs.checkpoint import CheckpointWriteError, load_checkpoint, model_state, save_atomic
 from helper.errors import UsageError
-from helper.schedule import learning_rate
+from helper.training.schedule import learning_rate
 
 
 @pytest.mark.parametrize("epoch,expected", [(1, 0.05), (150, 0.05), (151, 0.005), (180, 0.005), (181, 0.0005),
@@ -118,7 +118,7 @@ def test_model_state_reads_state_dict_entries_and_unwraps_compiled_and_parallel_
 
 
 def test_momentum_buffers_take_the_parameters_layout_after_loading():
-    from helper.trainer import match_parameter_layouts
+    from helper.training.trainer import match_parameter_layouts
 
     saved_net = torch.nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)  # run saved with --channels_last
     saved_opt = torch.optim.SGD(saved_net.parameters(), lr=0.1, momentum=0.9)
@@ -136,7 +136,7 @@ def test_momentum_buffers_take_the_parameters_layout_after_loading():
 
 def test_a_line_append_is_whole_or_absent(tmp_path, monkeypatch):
     # a write that stops half way (disk full) is cut back: the file holds its earlier lines and no half line
-    from helper import files
+    from helper.runs import files
 
     path = tmp_path / "log.jsonl"
     files.append_line(str(path), '{"a": 1}')

@@ -7,7 +7,7 @@ import torch
 
 import train_cifar_student
 import train_cifar_teacher
-from helper.checkpoint import load_checkpoint
+from helper.runs.checkpoint import load_checkpoint
 from models import model_dict
 from scripts import evaluate_student, export_student
 

@@ -1,4 +1,4 @@
-"""helper/device_data.py: the device loader's order, resume and sharding, and its augmentation against torchvision."""
+"""helper/loaders/device.py: the device loader's order, resume and sharding, and its augmentation against torchvision."""
 import itertools
 
 import numpy as np
@@ -9,9 +9,9 @@ from torchvision import transforms
 from torchvision.transforms import functional as TF
 
 from dataset import build_dataset, crd_dataset
-from helper.data import EpochSampler
-from helper.device_data import augmentation_of, crop_flip_normalize, device_loader_for
-from helper.runtime import Runtime
+from helper.loaders.loader import EpochSampler
+from helper.loaders.device import augmentation_of, crop_flip_normalize, device_loader_for
+from helper.runtime.device import Runtime
 from tests.datafakes import write_tiny_cifar, write_tiny_fashion_mnist, write_tiny_imagefolder
 
 SEED = 11

@@ -11,11 +11,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from helper.checkpoint import load_checkpoint
-from helper.distributed import (StageWrapper, broadcast_from_rank0, check_sync_bn, gather_rng_states,
+from helper.runs.checkpoint import load_checkpoint
+from helper.runtime.distributed import (StageWrapper, broadcast_from_rank0, check_sync_bn, gather_rng_states,
                                 per_process_batch, restore_rng_state)
 from helper.errors import UsageError
-from helper.runtime import Runtime, ranks_done, seed_everything
+from helper.runtime.device import Runtime, ranks_done, seed_everything
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,7 +105,7 @@ class LayoutRecorder:
 def layout_worker(rank, rendezvous):
     from types import SimpleNamespace
 
-    from helper.trainer import Trainer
+    from helper.training.trainer import Trainer
 
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     try:

@@ -11,7 +11,7 @@ from torch import nn
 from benchmarks import bench_deploy
 from dataset import build_dataset
 from helper import deploy
-from helper.checkpoint import load_checkpoint
+from helper.runs.checkpoint import load_checkpoint
 from helper.errors import UsageError
 from models import imagenet_model_dict, model_dict
 from models.norm import attach_feature_transform

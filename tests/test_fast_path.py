@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from distiller_zoo import METHODS
-from helper.engine import train_one_epoch
-from helper.runtime import Runtime
-from helper.trainer import compile_networks
+from helper.training.engine import train_one_epoch
+from helper.runtime.device import Runtime
+from helper.training.trainer import compile_networks
 from models import model_dict
 
 

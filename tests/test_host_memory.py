@@ -1,4 +1,4 @@
-"""helper/host_memory.py: after keep_freed_host_memory, a big tensor freed and allocated again costs no page faults."""
+"""helper/runtime/host_memory.py: after keep_freed_host_memory, a big tensor freed and allocated again costs no page faults."""
 import os
 import subprocess
 import sys
@@ -11,7 +11,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD = r"""
 import resource, sys, torch
 sys.path.insert(0, sys.argv[1])
-from helper.host_memory import keep_freed_host_memory
+from helper.runtime.host_memory import keep_freed_host_memory
 
 def faults_per_round(rounds=20):
     counts = []
@@ -46,7 +46,7 @@ def test_freed_big_blocks_are_reused_instead_of_faulted_in_again():
 RUNTIME_CHILD = r"""
 import sys
 sys.path.insert(0, sys.argv[1])
-from helper.runtime import setup_runtime
+from helper.runtime.device import setup_runtime
 print(setup_runtime("cpu").host_memory_kept, setup_runtime("cpu", keep_host_memory=True).host_memory_kept)
 """
 

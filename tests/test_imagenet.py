@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import train_imagenet_student
-from helper.checkpoint import load_checkpoint
+from helper.runs.checkpoint import load_checkpoint
 from models import imagenet_model_dict
 from scripts import evaluate_student
 from tests.datafakes import write_tiny_imagefolder

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from helper.errors import UsageError
-from helper.files import append_line
+from helper.runs.files import append_line
 from scripts import ledger
 from scripts.summarize_results import read_results
 from tests.datafakes import write_tiny_fashion_mnist

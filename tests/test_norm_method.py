@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from distiller_zoo import METHODS
-from helper.checkpoint import load_checkpoint
-from helper.model_loading import load_student
+from helper.runs.checkpoint import load_checkpoint
+from helper.teachers.loading import load_student
 from models import model_dict
 from models.norm import attach_feature_transform
 

@@ -10,7 +10,7 @@ import train_cifar_student
 import train_cifar_teacher
 import train_imagenet_student
 from distiller_zoo import METHODS, method_class, register
-from helper.distill_run import run_name, student_parser
+from helper.cli.student import run_name, student_parser
 from helper.errors import UsageError
 from tests.test_bad_input import ROOT, fails
 

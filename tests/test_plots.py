@@ -6,7 +6,7 @@ import pytest
 import torch
 from matplotlib.container import BarContainer
 
-from helper.checkpoint import save_atomic
+from helper.runs.checkpoint import save_atomic
 from helper.errors import UsageError
 from scripts import plot_results
 from scripts.summarize_results import read_results, summarize

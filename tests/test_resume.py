@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import train_cifar_student
-from helper import signals
-from helper.checkpoint import load_checkpoint, save_atomic
+from helper.training import signals
+from helper.runs.checkpoint import load_checkpoint, save_atomic
 from helper.errors import UsageError
 
 ARGS = ["--model_t", "resnet8", "--model_s", "resnet8", "--distill", "NORM_CRD", "-s", "2", "--nce_k", "8",
@@ -137,7 +137,7 @@ def test_sigterm_writes_a_resumable_checkpoint(tiny_cifar, teacher_file, tmp_pat
 def test_non_finite_loss_names_epoch_step_and_term_and_keeps_last_checkpoint(tiny_cifar, tmp_path, monkeypatch):
     import train_cifar_teacher
     from distiller_zoo import Vanilla
-    from helper.engine import NonFiniteLoss
+    from helper.training.engine import NonFiniteLoss
 
     forward = Vanilla.forward
     calls = {"n": 0}
@@ -160,8 +160,8 @@ def test_non_finite_loss_names_epoch_step_and_term_and_keeps_last_checkpoint(tin
 
 def test_persistent_workers_augment_each_epoch_like_the_main_process(tiny_cifar):
     from dataset import build_dataset, crd_dataset
-    from helper.data import train_loader
-    from helper.runtime import Runtime
+    from helper.loaders.loader import train_loader
+    from helper.runtime.device import Runtime
 
     def epochs(workers):
         data = crd_dataset(build_dataset("cifar100", tiny_cifar, "train", seed=11), k=4)
@@ -219,7 +219,7 @@ def test_a_checkpoint_of_the_previous_format_still_resumes_bit_exactly(tiny_cifa
 
 
 def test_saved_configs_of_earlier_versions_read_in_todays_terms():
-    from helper.run_store import normalise_saved_config
+    from helper.runs.store import normalise_saved_config
 
     # --batch_size was per process: 2 processes of 32 are today's global 64
     old = normalise_saved_config({"batch_size": 32, "world_size": 2})

@@ -5,8 +5,8 @@ import os
 import pytest
 
 import train_cifar_teacher
-from helper.checkpoint import load_checkpoint, plain_number
-from helper.run_store import RunStore
+from helper.runs.checkpoint import load_checkpoint, plain_number
+from helper.runs.store import RunStore
 
 
 class Killed(BaseException):

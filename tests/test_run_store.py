@@ -13,10 +13,11 @@ import torch
 
 import train_cifar_student
 import train_cifar_teacher
-from helper import checkpoint, signals
-from helper.checkpoint import load_checkpoint
+from helper.runs import checkpoint
+from helper.training import signals
+from helper.runs.checkpoint import load_checkpoint
 from helper.errors import UsageError, run_cli
-from helper.run_store import RunLock
+from helper.runs.store import RunLock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +35,7 @@ def test_a_lock_refuses_a_second_holder_and_is_released_by_the_kernel_on_kill(ti
     train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path, "--epochs", "2"))
     run = run_folder(tmp_path)
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-                               "from helper.run_store import RunLock; lock = RunLock(sys.argv[2]); lock.acquire(); "
+                               "from helper.runs.store import RunLock; lock = RunLock(sys.argv[2]); lock.acquire(); "
                                "print('locked', flush=True); time.sleep(60)", ROOT, str(run)],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -93,7 +94,7 @@ def disk_full(monkeypatch):
     def no_space(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(tempfile, "mkstemp", no_space)  # the atomic writers (helper.files) make their temporary here
+    monkeypatch.setattr(tempfile, "mkstemp", no_space)  # the atomic writers (helper.runs.files) make their temporary here
 
 
 @pytest.mark.parametrize("fail_at", ["config.json", "checkpoint"])
@@ -108,7 +109,7 @@ def test_a_full_disk_before_the_first_checkpoint_says_so_and_does_not_suggest_re
             disk_full(monkeypatch)
             write(obj, path)
 
-        monkeypatch.setattr("helper.run_store.save_atomic", failing)
+        monkeypatch.setattr("helper.runs.store.save_atomic", failing)
     with pytest.raises(SystemExit) as exit_info:
         run_cli(train_cifar_teacher.main, teacher_args(tiny_cifar, tmp_path))
     err = capsys.readouterr().err.strip()
@@ -131,7 +132,7 @@ def test_a_full_disk_after_a_checkpoint_keeps_it_and_says_resume(tiny_cifar, tmp
 
 def test_a_non_finite_loss_before_any_checkpoint_does_not_claim_one(tiny_cifar, tmp_path, monkeypatch):
     from distiller_zoo import Vanilla
-    from helper.engine import NonFiniteLoss
+    from helper.training.engine import NonFiniteLoss
 
     forward = Vanilla.forward
 
@@ -185,8 +186,8 @@ class InfOnFirstStep(torch.nn.Module):
 
 
 def test_an_overflow_the_fp16_scaler_skips_is_not_a_non_finite_loss():
-    from helper.engine import NonFiniteLoss, train_one_epoch
-    from helper.runtime import Runtime
+    from helper.training.engine import NonFiniteLoss, train_one_epoch
+    from helper.runtime.device import Runtime
 
     batches = [(torch.randn(8, 4), torch.randint(0, 3, (8,))) for _ in range(3)]
     runtime = Runtime(torch.device("cpu"), amp_dtype=torch.float16)
@@ -204,7 +205,7 @@ def test_an_overflow_the_fp16_scaler_skips_is_not_a_non_finite_loss():
 
 
 def test_a_full_disk_at_the_results_line_leaves_no_half_line(tiny_cifar, tmp_path, monkeypatch, capsys):
-    import helper.run_store as run_store
+    import helper.runs.store as run_store
 
     results = tmp_path / "results.jsonl"
     results.write_text('{"run": "earlier"}\n')
@@ -223,8 +224,8 @@ def test_a_full_disk_at_the_results_line_leaves_no_half_line(tiny_cifar, tmp_pat
 
 
 def test_a_loss_that_stays_non_finite_under_fp16_is_caught_although_the_scaler_skips_it():
-    from helper.engine import MAX_SKIPPED_RUN, NonFiniteLoss, train_one_epoch
-    from helper.runtime import Runtime
+    from helper.training.engine import MAX_SKIPPED_RUN, NonFiniteLoss, train_one_epoch
+    from helper.runtime.device import Runtime
 
     class AlwaysInf(InfOnFirstStep):
         def forward(self, images, targets, index=None, contrast_index=None):
@@ -260,7 +261,7 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_over(tiny_
         def killed(*args, **kwargs):
             raise KilledEarly
 
-        patch.setattr("helper.run_store.save_atomic", killed)
+        patch.setattr("helper.runs.store.save_atomic", killed)
         with pytest.raises(KilledEarly):
             train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path / "save"))
     run = next((tmp_path / "save" / "models").iterdir())
@@ -339,7 +340,7 @@ def test_a_read_only_run_folder_is_refused_in_one_line(tiny_cifar, tmp_path, mon
 def test_an_unwritable_lock_file_is_refused_in_one_line_naming_the_folder(tiny_cifar, tmp_path, monkeypatch, capsys):
     import builtins
 
-    import helper.run_store as run_store
+    import helper.runs.store as run_store
 
     run = interrupted_run(tiny_cifar, tmp_path, monkeypatch)
     before = snapshot(run)
@@ -362,7 +363,7 @@ def test_an_unwritable_lock_file_is_refused_in_one_line_naming_the_folder(tiny_c
 def test_a_file_system_without_file_locks_is_refused_in_one_line(tiny_cifar, tmp_path, monkeypatch, capsys, code):
     import fcntl
 
-    import helper.run_store as run_store
+    import helper.runs.store as run_store
 
     run = interrupted_run(tiny_cifar, tmp_path, monkeypatch)
     before = snapshot(run)

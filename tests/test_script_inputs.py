@@ -4,7 +4,7 @@ import os
 import pytest
 import torch
 
-from helper.checkpoint import load_checkpoint
+from helper.runs.checkpoint import load_checkpoint
 from models import model_dict
 from models.norm import attach_feature_transform
 from scripts import demo, evaluate_student, export_student

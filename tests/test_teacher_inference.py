@@ -9,7 +9,7 @@ from torch import nn
 
 from distiller_zoo import METHODS
 from distiller_zoo.norm import norm_loss
-from helper.teacher_inference import InferenceTeacher
+from helper.teachers.inference import InferenceTeacher
 from models import imagenet_model_dict, model_dict
 from models.cifar.resnetv2 import ResNet as BottleneckResNet
 from models.fold_bn import count_batchnorms, fold_batchnorms

@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from helper import teacher_registry as reg
+from helper.teachers import registry as reg
 from scripts.summarize_results import PAPER
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,7 +154,7 @@ def test_the_student_script_warns_when_a_registered_teacher_measures_off_its_pub
     import json
 
     import train_cifar_student
-    from helper.teacher_registry import sha256_of
+    from helper.teachers.registry import sha256_of
 
     teacher = teacher_file("resnet8")
     row = {"name": "resnet8", "dataset": "cifar100", "file": "ckpt_epoch_240.pth", "fetch": False, "sources": [],

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from helper.engine import train_one_epoch
-from helper.runtime import Runtime
-from helper.timing import format_duration
+from helper.training.engine import train_one_epoch
+from helper.runtime.device import Runtime
+from helper.training.timing import format_duration
 
 
 class SlowParts(nn.Module):
@@ -82,7 +82,7 @@ def test_without_timing_no_phase_is_reported():
 def test_a_run_logs_the_split_and_eta_and_keeps_them_in_history_and_results(tiny_cifar, teacher_file, tmp_path,
                                                                              capsys):
     import train_cifar_student
-    from helper.checkpoint import load_checkpoint
+    from helper.runs.checkpoint import load_checkpoint
 
     summary = train_cifar_student.main(["--path_t", teacher_file("resnet8"), "--model_t", "resnet8", "--model_s",
                                         "resnet8", "--data_root", tiny_cifar, "--save_root", str(tmp_path),
@@ -136,7 +136,7 @@ class FakeEvent:
 
 
 def test_cuda_marks_are_read_without_waiting_and_an_epoch_keeps_few_of_them(monkeypatch):
-    from helper.timing import StepTimer
+    from helper.training.timing import StepTimer
 
     monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
     timer = StepTimer(torch.device("cuda"))

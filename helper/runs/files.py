@@ -1,17 +1,17 @@
 """Files the project writes, without torch: atomic replacement (temporary file, fsync, rename) and whole-line appends.
 
 Kept free of torch so that light scripts (plots, summaries, the ledger's bookkeeping) can write safely without
-importing it; helper.checkpoint builds its torch.save writer on `_write_atomic`.
+importing it; helper.runs.checkpoint builds its torch.save writer on `_write_atomic`.
 """
 import errno
 import glob
 import os
 import tempfile
 
-from .errors import UsageError
+from helper.errors import UsageError
 
 
-LOCK_NAME = ".lock"  # a run folder's lock file (helper.run_store.RunLock)
+LOCK_NAME = ".lock"  # a run folder's lock file (helper.runs.store.RunLock)
 
 
 def is_run_folder(folder):

@@ -9,18 +9,18 @@ import time
 
 import torch
 
-from .checkpoint import plain_number
-from .data import eval_loader, train_loader, worker_count
-from .device_data import device_loader_for
-from .distributed import (StageWrapper, broadcast_from_rank0, check_sync_bn, gather_rng_states, per_process_batch,
+from helper.runs.checkpoint import plain_number
+from helper.loaders.loader import eval_loader, train_loader, worker_count
+from helper.loaders.device import device_loader_for
+from helper.runtime.distributed import (StageWrapper, broadcast_from_rank0, check_sync_bn, gather_rng_states, per_process_batch,
                           restore_rng_state, sync_buffers)
-from .engine import Interrupted, NonFiniteLoss, train_one_epoch, validate
-from .errors import UsageError
-from .run_store import RunStore, git_commit, plain_config
-from .runtime import ranks_done
-from .schedule import learning_rate, set_learning_rate
-from .signals import StopRequest
-from .timing import PHASES, format_duration
+from helper.training.engine import Interrupted, NonFiniteLoss, train_one_epoch, validate
+from helper.errors import UsageError
+from helper.runs.store import RunStore, git_commit, plain_config
+from helper.runtime.device import ranks_done
+from helper.training.schedule import learning_rate, set_learning_rate
+from helper.training.signals import StopRequest
+from helper.training.timing import PHASES, format_duration
 
 INIT_STAGE_EPOCH_OFFSET = 1_000_000
 

@@ -1,8 +1,8 @@
 """The registry of published teachers (scripts/teachers.json): their files, sources, SHA-256 and published top-1.
 
 Standard library only, so the fetch scripts can run it as a file without importing torch:
-    python3 helper/teacher_registry.py files DATASET          # "name file sha256" of each file the fetcher downloads
-    python3 helper/teacher_registry.py check DATASET NAME FILE
+    python3 helper/teachers/registry.py files DATASET          # "name file sha256" of each file the fetcher downloads
+    python3 helper/teachers/registry.py check DATASET NAME FILE
 check exits 0 when FILE's SHA-256 is the published one (or none is published: it says so on stderr), 1 with one
 line on stderr when it is not, 2 on bad input. TEACHER_REGISTRY=path reads another registry (mirrors, tests).
 """
@@ -12,7 +12,8 @@ import os
 import re
 import sys
 
-REGISTRY_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts", "teachers.json")
+REGISTRY_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "scripts",
+                             "teachers.json")
 FIELDS = {"name": str, "dataset": str, "file": str, "fetch": bool, "sources": list, "sha256": str,
           "top1": (int, float)}
 HEX = re.compile(r"^[0-9a-f]*$")

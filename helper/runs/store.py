@@ -7,16 +7,16 @@ import json
 import os
 import subprocess
 
-from .checkpoint import CheckpointWriteError, load_checkpoint, save_atomic, write_text_atomic
-from .files import LOCK_NAME, append_whole_line
-from .errors import UsageError
+from helper.runs.checkpoint import CheckpointWriteError, load_checkpoint, save_atomic, write_text_atomic
+from helper.runs.files import LOCK_NAME, append_whole_line
+from helper.errors import UsageError
 
 # Options that may change between an interrupted run and its resumption without changing what is learned.
 # The teacher file may move (its architecture, `model_t`, is still compared).
 OPERATIONAL_OPTIONS = {"resume", "num_workers", "print_freq", "device", "data_root", "download", "progress",
                        "save_root", "deterministic", "save_freq", "compile", "fused_sgd", "channels_last",
                        "official_num_workers", "path_t", "gids", "no_inference_teacher",
-                       # the official scripts' inert flags (helper.options.add_official_student_flags)
+                       # the official scripts' inert flags (helper.cli.parser.add_official_student_flags)
                        "tb_freq", "beta1", "kd_warm_up", "marginal_relu", "num_cls"}
 
 # The loss-weight flags and the names Distiller.weights gives them.

@@ -1,8 +1,8 @@
 """Key conversion of the officially released NORM student checkpoints to this project's layout."""
 import re
 
-from .checkpoint import unwrapped_keys
-from .errors import UsageError
+from helper.runs.checkpoint import unwrapped_keys
+from helper.errors import UsageError
 
 # The official students name their FT `layer31/layer32` (or `layer41/layer42`): x1 expands, x2 contracts.
 _OFFICIAL_FT_KEY = re.compile(r"^layer([34])([12])\.(.*)$")

@@ -3,17 +3,17 @@ import os
 import sys
 
 from distiller_zoo import METHODS, method_class, method_name
-from .checkpoint import load_checkpoint, model_state
-from .data import load_datasets
-from .engine import validate
-from .errors import UsageError
-from .launch import apply_gids
-from .model_loading import build_model, check_plain_state, load_model_state, matching_architectures
-from .options import (add_official_student_flags, base_parser, non_negative_float, positive_float, positive_int,
+from helper.runs.checkpoint import load_checkpoint, model_state
+from helper.loaders.loader import load_datasets
+from helper.training.engine import validate
+from helper.errors import UsageError
+from helper.cli.gids import apply_gids
+from helper.teachers.loading import build_model, check_plain_state, load_model_state, matching_architectures
+from helper.cli.parser import (add_official_student_flags, base_parser, non_negative_float, positive_float, positive_int,
                       resolve_seed)
-from .runtime import cleanup, seed_everything, setup_runtime, shared_seed
-from .teacher_registry import teacher_accuracy_warning
-from .trainer import Trainer, prepare_run_dir
+from helper.runtime.device import cleanup, seed_everything, setup_runtime, shared_seed
+from helper.teachers.registry import teacher_accuracy_warning
+from helper.training.trainer import Trainer, prepare_run_dir
 
 SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")  # the official scripts train these at lr 0.01
 

@@ -6,10 +6,10 @@ import torch
 import torch.distributed
 import torch.nn.functional as F
 
-from .errors import UsageError
-from .meters import correct_topk
-from .runtime import all_reduce_sum
-from .timing import StepTimer, timed_teacher
+from helper.errors import UsageError
+from helper.training.meters import correct_topk
+from helper.runtime.device import all_reduce_sum
+from helper.training.timing import StepTimer, timed_teacher
 
 
 class Interrupted(Exception):

@@ -6,8 +6,8 @@ import sys
 
 import torch
 
-from .distributed import per_process_batch
-from .errors import UsageError
+from helper.runtime.distributed import per_process_batch
+from helper.errors import UsageError
 
 
 def parse_gids(text):

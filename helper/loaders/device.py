@@ -2,7 +2,7 @@
 
 The uint8 training set is copied once to the run's device; every batch is cropped, flipped and normalised there
 with a few batched tensor ops, in the order of `EpochSampler`. The trainer drives it like the DataLoader of
-`helper.data.train_loader`: `loader.sampler.set_epoch(epoch, skip)`, `len(loader)`, and batches
+`helper.loaders.loader.train_loader`: `loader.sampler.set_epoch(epoch, skip)`, `len(loader)`, and batches
 `(images, targets, index)`, all three already on the device.
 
 The augmentation has torchvision's distribution (RandomCrop with zero padding, RandomHorizontalFlip) but its own
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
-from .data import EpochSampler
+from helper.loaders.loader import EpochSampler
 
 _AUGMENT_STREAM = 2  # SeedSequence stream apart from dataset/common.py's transform (0) and CRD (1) streams
 

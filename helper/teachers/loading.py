@@ -3,9 +3,9 @@ import difflib
 
 import torch
 
-from .checkpoint import load_checkpoint, model_state, plain_number
-from .convert import _OFFICIAL_FT_KEY, _UNUSED, convert_official_student  # the official key names live there
-from .errors import UsageError
+from helper.runs.checkpoint import load_checkpoint, model_state, plain_number
+from helper.teachers.official import _OFFICIAL_FT_KEY, _UNUSED, convert_official_student  # the official key names live there
+from helper.errors import UsageError
 
 TRANSFORM_PREFIX = "feature_transform."  # the state-dict keys of NORM's FT (models.norm.attach_feature_transform)
 
@@ -100,7 +100,7 @@ def load_student(zoo, checkpoint, path, *, model_s=None, num_classes=None, n=Non
     Returns (model, info) where info holds the resolved model_s, n, ft, dataset and the stored accuracy.
     """
     from models.norm import attach_feature_transform
-    from .convert import convert_official_student, transform_width
+    from helper.teachers.official import convert_official_student, transform_width
 
     config = checkpoint_config(checkpoint)
     model_s = model_s or config.get("model_s") or config.get("model")

@@ -6,8 +6,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import UsageError
-from .runtime import rng_state, set_rng_state
+from helper.errors import UsageError
+from helper.runtime.device import rng_state, set_rng_state
 
 
 def per_process_batch(batch_size, world_size):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import UsageError
+from helper.errors import UsageError
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -24,7 +24,7 @@ class Runtime:
     local_rank: int = 0
     amp_dtype: Optional[torch.dtype] = None
     channels_last: bool = False
-    host_memory_kept: bool = False  # glibc keeps freed big blocks for the next step (helper/host_memory.py)
+    host_memory_kept: bool = False  # glibc keeps freed big blocks for the next step (helper/runtime/host_memory.py)
 
     @property
     def is_main(self):
@@ -105,7 +105,7 @@ def setup_runtime(device="auto", amp="none", channels_last=False, deterministic=
         torch.backends.cudnn.benchmark = True
     kept = False
     if keep_host_memory and dev.type == "cpu":
-        from .host_memory import keep_freed_host_memory
+        from helper.runtime.host_memory import keep_freed_host_memory
 
         kept = keep_freed_host_memory()
     return Runtime(dev, rank, world_size, local_rank, AMP_DTYPES[amp], channels_last, kept)

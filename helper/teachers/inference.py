@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from helper.runtime import device_model_name
+from helper.runtime.device import device_model_name
 from models.fold_bn import count_batchnorms, fold_batchnorms
 
 # safety net only: a folded copy further than this from the original (max |diff| / max |value|) is not used
@@ -55,7 +55,7 @@ def _read_cache(path):
 
 def _write_cache(path, key, value):
     """Add one entry to the cache file (atomically); an unwritable cache is no error, only no cache."""
-    from helper.checkpoint import CheckpointWriteError, write_text_atomic
+    from helper.runs.checkpoint import CheckpointWriteError, write_text_atomic
 
     data = _read_cache(path)
     data[key] = value

@@ -6,7 +6,7 @@ import os
 import secrets
 
 from dataset.fashion_mnist import DEFAULT_ROOT
-from .errors import ArgumentParser, UsageError
+from helper.errors import ArgumentParser, UsageError
 
 
 def _ranged(attribute, convert, name, accept):

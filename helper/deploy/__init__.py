@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .errors import UsageError
+from helper.errors import UsageError
 
 # max |logit difference| over the verification batch divided by max(1, max |reference logit|). float32 rounding
 # through a deep network stays near 1e-6; a wrong fold or a broken graph is off by 1e-2 or more.
@@ -142,7 +142,7 @@ def deployed_student(model, zoo, name):
     'kept_ft': a copy whose FT is one 1x1 convolution (the FT cannot be folded); 'plain': the student had no FT.
     """
     from models.norm import fold_transform_into_classifier
-    from .model_loading import build_model
+    from helper.teachers.loading import build_model
 
     model.eval()
     if model.feature_transform is not None and not getattr(model, "transform_foldable", False):

@@ -4,9 +4,9 @@ import os
 
 import torch
 
-from .errors import UsageError
-# the torch-free writers live in helper.files; imported here too, where checkpoint users have always found them
-from .files import (CheckpointWriteError, _write_atomic, write_bytes_atomic, write_failure_reason,  # noqa: F401
+from helper.errors import UsageError
+# the torch-free writers live in helper.runs.files; imported here too, where checkpoint users have always found them
+from helper.runs.files import (CheckpointWriteError, _write_atomic, write_bytes_atomic, write_failure_reason,  # noqa: F401
                     write_text_atomic)
 
 

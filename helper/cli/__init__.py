@@ -1,0 +1,1 @@
+"""The command line: parsers and official flags, typed settings built from argv, the scripts' one start-up, --gids."""

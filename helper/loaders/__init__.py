@@ -1,0 +1,1 @@
+"""Datasets to loaders: the seeded resumable sampler, CPU loaders, device-resident data."""

@@ -1,0 +1,1 @@
+"""The training loop: the epoch driver (trainer), the train/validate steps (engine), schedules, timing, signals."""
