@@ -7,8 +7,9 @@ torchrun --nproc_per_node=8 train_imagenet_student.py ... --batch_size 32   # 8 
 import os
 
 from dataset import num_classes
-from helper.cli.student import student_main
-from helper.errors import run_cli
+from helper.cli.entry import run_cli
+from helper.cli.main import main as run_profile
+from helper.cli.profile import Profile
 from models import imagenet_model_dict
 
 # torchvision's V1 weights, the ones the paper's teacher accuracies correspond to
@@ -24,23 +25,23 @@ def default_teacher_path(opt):
                         TORCHVISION_TEACHER_FILES[opt.model_t])
 
 
-IMAGENET_PROFILE = {
-    "script": os.path.abspath(__file__),
-    "description": "Distil an ImageNet/ImageFolder student (NORM and the baselines); DDP under torchrun.",
-    "zoo": imagenet_model_dict, "datasets": ["imagenet"], "dataset": "imagenet",
-    "epochs": 100, "batch_size": 256, "learning_rate": 0.1, "weight_decay": 1e-4, "lr_decay": "step",
-    "lr_decay_epochs": [30, 60, 90], "num_workers": 16, "model_s": "resnet18S", "image_size": 224,
-    "probe_size": 224, "schedule_kind": "imagenet", "official_num_cls": "inert",  # officially forced to 1000
-    "num_classes": lambda opt: num_classes(opt.dataset, opt.data_root),
-    "default_path_t": default_teacher_path,
-    "teacher_hint": "fetch torchvision's weights with bash scripts/fetch_pretrained_imagenet_teacher.sh; without "
-                    "--path_t the file is looked for in <--save_root>/models/<model_t>_imagenet_vanilla/",
-}
+IMAGENET_PROFILE = Profile(
+    script=os.path.abspath(__file__), role="student",
+    description="Distil an ImageNet/ImageFolder student (NORM and the baselines); DDP under torchrun.",
+    zoo=imagenet_model_dict, datasets=("imagenet",), dataset="imagenet",
+    epochs=100, batch_size=256, learning_rate=0.1, weight_decay=1e-4, lr_decay_epochs=(30, 60, 90),
+    num_workers=16, model="resnet18S", image_size=224, probe_size=224, schedule_kind="imagenet",
+    official_num_cls="inert",  # officially forced to 1000
+    num_classes=lambda opt: num_classes(opt.dataset, opt.data_root),
+    default_path_t=default_teacher_path,
+    teacher_hint="fetch torchvision's weights with bash scripts/fetch_pretrained_imagenet_teacher.sh; without "
+                 "--path_t the file is looked for in <--save_root>/models/<model_t>_imagenet_vanilla/",
+)
 
 
 def main(argv=None):
     """Entry point."""
-    return student_main(argv, IMAGENET_PROFILE)
+    return run_profile(IMAGENET_PROFILE, argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 from benchmarks.bench_train import device_name  # noqa: E402
 from helper import deploy  # noqa: E402
-from helper.cli.parser import non_negative_int, positive_int  # noqa: E402
+from helper.argtypes import non_negative_int, positive_int  # noqa: E402
 from models import imagenet_model_dict, model_dict  # noqa: E402
 from models.norm import attach_feature_transform, matched_feature, probe_features  # noqa: E402
 

@@ -19,7 +19,7 @@ if ROOT not in sys.path:
 
 def parse_args(argv=None):
     """The benchmark's flags."""
-    from helper.cli.parser import positive_int
+    from helper.argtypes import positive_int
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:K")
@@ -36,7 +36,7 @@ def main(argv=None):
     import torch
 
     from distiller_zoo import METHODS
-    from helper.cli.student import student_parser
+    from helper.cli.parser import student_parser
     from helper.training.engine import train_one_epoch
     from helper.runtime.device import setup_runtime
     from models import model_dict

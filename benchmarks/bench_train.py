@@ -28,7 +28,7 @@ if ROOT not in sys.path:
 # data: "host" = float batches prepared on the CPU and copied every step (the DataLoader path, its augmentation
 # done beforehand as workers would); "device" = helper/loaders/device.py. sync: loss.item() every step, as the
 # official code does for its loss meter. channels_last: the method's memory format (--channels_last). teacher:
-# "original" = the teacher module under no_grad, "inference" = Distiller.install_inference_teacher (BatchNorm
+# "original" = the teacher module under no_grad, "inference" = helper.teachers.inference.install_inference_teacher (BatchNorm
 # folded, own memory format measured at start-up). keep_memory: helper/runtime/host_memory.py (freed host blocks are reused,
 # not unmapped and faulted in again every step). huge_pages: fast with torch's THP_MEM_ALLOC_ENABLE=1 (blocks of
 # 2 MiB and more are 2 MiB-aligned and madvise'd as transparent huge pages). amp and fused SGD apply on CUDA only.
@@ -217,10 +217,12 @@ class Bench:
         self.teacher_summary = "original"
         if cfg["teacher"] == "inference":
             example = torch.randn(args.batch_size, 3, 32, 32, device=runtime.device)
-            self.teacher_summary = method.install_inference_teacher(
-                example, compile=cfg["compile"], autocast=runtime.autocast, cache_path=args.layout_cache).summary()
+            from helper.teachers.inference import install_inference_teacher
+            self.teacher_summary = install_inference_teacher(
+                method, example, compile=cfg["compile"], autocast=runtime.autocast,
+                cache_path=args.layout_cache).summary()
         if cfg["compile"]:
-            from helper.training.trainer import compile_networks  # as the trainer's --compile, in place
+            from helper.runtime.device import compile_networks  # as the trainer's --compile, in place
             compile_networks(student, None if cfg["teacher"] == "inference" else teacher)
         self.setup_s = time.perf_counter() - tic
         self.method = method

@@ -29,7 +29,7 @@ FAST = ["--gpu_data", "--amp", "bf16", "--channels_last", "--fused_sgd", "--comp
 
 def parse_args(argv=None):
     """The check's flags; the defaults are the full-size check for one GPU."""
-    from helper.cli.parser import non_negative_int, positive_int
+    from helper.argtypes import non_negative_int, positive_int
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder for the data, the runs and the report")

@@ -79,6 +79,15 @@ class Distiller(Vanilla):
         return chosen
 
     @classmethod
+    def contrast_sampling(cls, opt):
+        """The contrast sampling of the training set this method needs, as `dataset.crd_dataset`'s (k, mode), or None.
+
+        With `needs_contrast`, CRD's sampler with the CRD flags (--nce_k, --mode); the loaders ask the method and never
+        read a method's flags.
+        """
+        return (opt.nce_k, opt.mode) if cls.needs_contrast else None
+
+    @classmethod
     def build(cls, student, teacher, opt, data):
         """Construct the method for this pair; `data` gives n_data, image_size and in_channels."""
         return cls(student, teacher, **cls.weights(opt))
@@ -91,19 +100,9 @@ class Distiller(Vanilla):
         teacher.eval()
         self.gamma, self.alpha, self.beta = gamma, alpha, beta
         self.logit_scale, self.kd_T = logit_scale, kd_T
-        self.inference_teacher = None  # a plain object, outside the module tree (see install_inference_teacher)
-
-    def install_inference_teacher(self, example, **options):
-        """Serve `teacher_forward` from an inference copy of the teacher (BN folded, own layout; `options` as
-        helper.teachers.inference.InferenceTeacher). Call it after the method is on its device; returns the copy.
-
-        `self.teacher` stays the original, for checkpoints and validation; the copy is in no state dict.
-        """
-        from helper.teachers.inference import InferenceTeacher
-
+        # set by the trainer (helper.teachers.inference.install_inference_teacher): a callable images -> (features,
+        # logits) serving teacher_forward; a plain object, outside the module tree, in no state dict
         self.inference_teacher = None
-        self.inference_teacher = InferenceTeacher(self.teacher, example, preact=self.preact, **options)
-        return self.inference_teacher
 
     def train(self, mode=True):
         """Train the student and the method's parts; the teacher always stays in eval mode."""

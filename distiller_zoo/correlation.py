@@ -6,7 +6,7 @@ pooled features feat[-1]; i runs over consecutive samples of the batch.
 from torch import nn
 
 from models.norm import probe_features
-from helper.cli.parser import positive_int
+from helper.argtypes import positive_int
 from .base import Distiller
 from .registry import add_argument_once, register
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.norm import probe_features
-from helper.cli.parser import fraction_below_one, positive_float, positive_int
+from helper.argtypes import fraction_below_one, positive_float, positive_int
 from .base import Distiller
 from .registry import add_argument_once, register
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from models.norm import attach_feature_transform, matched_feature, probe_features
-from helper.cli.parser import non_negative_float
+from helper.argtypes import non_negative_float
 from .base import Distiller
 from .crd import CRDLoss
 from .registry import add_argument_once, register

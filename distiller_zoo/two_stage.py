@@ -1,5 +1,5 @@
 """The init-stage contract of RepDistiller's two-stage methods (AB, FT, FSP), shared by their modules."""
-from helper.cli.parser import non_negative_int
+from helper.argtypes import non_negative_int
 from .base import Distiller
 from .registry import add_argument_once
 

@@ -24,9 +24,10 @@ if ROOT not in sys.path:
 import train_cifar_student  # noqa: E402
 import train_cifar_teacher  # noqa: E402
 from dataset.fashion_mnist import FashionMNIST, find_idx_files, read_idx, search_dirs, write_idx  # noqa: E402
-from helper.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
+from helper.cli.entry import ArgumentParser, run_cli  # noqa: E402
+from helper.errors import UsageError  # noqa: E402
 from helper.teachers.loading import build_model  # noqa: E402
-from helper.cli.parser import non_negative_int, positive_int, seed_int  # noqa: E402
+from helper.argtypes import non_negative_int, positive_int, seed_int  # noqa: E402
 from models import model_dict  # noqa: E402
 
 

@@ -15,9 +15,10 @@ from helper.runs.checkpoint import load_checkpoint  # noqa: E402
 from helper.deploy import OnnxStudent  # noqa: E402
 from helper.loaders.loader import eval_loader, worker_count  # noqa: E402
 from helper.training.engine import validate  # noqa: E402
-from helper.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
+from helper.cli.entry import ArgumentParser, run_cli  # noqa: E402
+from helper.errors import UsageError  # noqa: E402
 from helper.teachers.loading import checkpoint_config, load_student  # noqa: E402
-from helper.cli.parser import non_negative_int, positive_int  # noqa: E402
+from helper.argtypes import non_negative_int, positive_int  # noqa: E402
 from helper.runtime.device import setup_runtime  # noqa: E402
 from models import imagenet_model_dict, model_dict  # noqa: E402
 

@@ -14,11 +14,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from helper import deploy  # noqa: E402
-from helper.runs.checkpoint import load_checkpoint, model_state, save_atomic, write_bytes_atomic  # noqa: E402
-from helper.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
-from helper.runs.files import is_run_folder  # noqa: E402
+from helper.runs.checkpoint import load_checkpoint, model_state, save_atomic  # noqa: E402
+from helper.cli.entry import ArgumentParser, run_cli  # noqa: E402
+from helper.errors import UsageError  # noqa: E402
+from helper.runs.files import is_run_folder, write_bytes_atomic  # noqa: E402
 from helper.teachers.loading import build_model, checkpoint_config, load_model_state, load_student  # noqa: E402
-from helper.cli.parser import positive_int  # noqa: E402
+from helper.argtypes import positive_int  # noqa: E402
 from models import imagenet_model_dict, model_dict  # noqa: E402
 
 FORMATS = ("pt", "onnx", "both")
@@ -117,7 +118,7 @@ def prepare_out(path, flag="--out"):
 
 def report_teacher(opt, config, zoo, num_classes):
     """(name, model) of the teacher for --report: --path_t's weights, else --model_t (or the run's) built randomly."""
-    from helper.cli.student import infer_teacher_name
+    from helper.teachers.loading import infer_teacher_name
 
     if opt.path_t:
         state = model_state(load_checkpoint(opt.path_t), opt.path_t)

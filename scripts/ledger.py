@@ -30,8 +30,9 @@ if ROOT not in sys.path:
 
 from dataset.fashion_mnist import read_idx, write_idx  # noqa: E402
 from helper.runs.files import append_line, write_text_atomic  # noqa: E402
-from helper.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
-from helper.cli.parser import non_negative_int, positive_int, seed_int  # noqa: E402
+from helper.cli.entry import ArgumentParser, run_cli  # noqa: E402
+from helper.errors import UsageError  # noqa: E402
+from helper.argtypes import non_negative_int, positive_int, seed_int  # noqa: E402
 from scripts import demo, plot_results  # noqa: E402
 from scripts.summarize_results import InputError, read_results, summarize  # noqa: E402
 

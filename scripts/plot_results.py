@@ -28,7 +28,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from helper.runs.files import write_bytes_atomic  # noqa: E402
-from helper.errors import ArgumentParser, UsageError, run_cli  # noqa: E402
+from helper.cli.entry import ArgumentParser, run_cli  # noqa: E402
+from helper.errors import UsageError  # noqa: E402
 from scripts.summarize_results import (LABEL_ORDER, InputError, label_and_settings, read_results,  # noqa: E402
                                        summarize)
 

@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from helper.errors import ArgumentParser  # noqa: E402 - stdlib only: the summary stays light
+from helper.cli.entry import ArgumentParser  # noqa: E402 - stdlib only: the summary stays light
 
 # The official NORM README (github.com/OSVAI/NORM, README.md at commit c6dfc39, "Main Results", Tables 1-3): top-1 (%)
 # on CIFAR-100 (means over trials) and ImageNet.

@@ -8,7 +8,8 @@ import torch
 
 import train_cifar_student
 import train_cifar_teacher
-from helper.errors import UsageError, run_cli
+from helper.cli.entry import run_cli
+from helper.errors import UsageError
 from scripts import evaluate_student, export_student
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -164,7 +165,7 @@ def test_an_explicit_gpu_index_under_torchrun_is_refused(monkeypatch):
 
 
 def test_teacher_architecture_is_read_from_the_weights_alone():
-    from helper.cli.student import infer_teacher_name
+    from helper.teachers.loading import infer_teacher_name
     from models import imagenet_model_dict, model_dict
 
     # torchvision's resnet34 file fits resnet34 and the official student variant resnet34S: a teacher is resnet34

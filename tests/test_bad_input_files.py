@@ -42,7 +42,7 @@ from tests.test_bad_input import QUICK, fails
     ("--init_epochs", "-1", "0"), ("--crd_weight", "-2.5", "0"),
 ])
 def test_numeric_flags_are_range_checked(capsys, tmp_path, flag, bad, edge):
-    from helper.cli.student import student_parser
+    from helper.cli.parser import student_parser
 
     with pytest.raises(SystemExit) as exit_info:  # the real script, which would load data and models next
         train_cifar_student.main([flag, bad, "--data_root", str(tmp_path / "none"), "--save_root", str(tmp_path)])

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from helper.runs import checkpoint
-from helper.runs.checkpoint import CheckpointWriteError, load_checkpoint, model_state, save_atomic
+from helper.errors import CheckpointWriteError
+from helper.runs.checkpoint import load_checkpoint, model_state, save_atomic
 from helper.errors import UsageError
 from helper.training.schedule import learning_rate
 
@@ -118,7 +119,7 @@ def test_model_state_reads_state_dict_entries_and_unwraps_compiled_and_parallel_
 
 
 def test_momentum_buffers_take_the_parameters_layout_after_loading():
-    from helper.training.trainer import match_parameter_layouts
+    from helper.training.optim import match_parameter_layouts
 
     saved_net = torch.nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)  # run saved with --channels_last
     saved_opt = torch.optim.SGD(saved_net.parameters(), lr=0.1, momentum=0.9)

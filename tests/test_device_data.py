@@ -9,7 +9,7 @@ from torchvision import transforms
 from torchvision.transforms import functional as TF
 
 from dataset import build_dataset, crd_dataset
-from helper.loaders.loader import EpochSampler
+from helper.loaders.sampler import EpochSampler
 from helper.loaders.device import augmentation_of, crop_flip_normalize, device_loader_for
 from helper.runtime.device import Runtime
 from tests.datafakes import write_tiny_cifar, write_tiny_fashion_mnist, write_tiny_imagefolder

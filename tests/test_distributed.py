@@ -105,27 +105,32 @@ class LayoutRecorder:
 def layout_worker(rank, rendezvous):
     from types import SimpleNamespace
 
-    from helper.training.trainer import Trainer
+    from helper.teachers.inference import share_layout
+
+    def install(trainer, train_set):  # what the trainer runs to install its inference teacher, on the fake method
+        return share_layout(lambda fmt, compile: trainer.method.install_inference_teacher(
+            train_set[0][0], memory_format=fmt, compile=compile), trainer.runtime, compile=trainer.opt.compile,
+            deterministic=trainer.opt.deterministic)
 
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
     try:
         assert broadcast_from_rank0({"rank": rank}, Runtime(torch.device("cpu"), rank=rank, world_size=2)) == \
             {"rank": 0}
         method = LayoutRecorder("channels_last" if rank == 0 else "contiguous")
-        trainer = SimpleNamespace(opt=SimpleNamespace(), method=method, batch=2,
+        trainer = SimpleNamespace(opt=SimpleNamespace(compile=False, deterministic=False), method=method, batch=2,
                                   runtime=Runtime(torch.device("cpu"), rank=rank, world_size=2))
-        summary = Trainer.install_inference_teacher(trainer, [(torch.zeros(3, 4, 4), 0)])
+        summary = install(trainer, [(torch.zeros(3, 4, 4), 0)])
         assert summary == "channels_last"  # rank 1 runs rank 0's measured choice, without measuring
         assert method.asked == (["auto"] if rank == 0 else ["channels_last"])
         assert all(not compiled for compiled in method.compiled)
         # with --compile, rank 0 measures uncompiled before the broadcast; every rank compiles rank 0's layout after it
         method.asked, method.compiled, trainer.opt.compile = [], [], True
-        assert Trainer.install_inference_teacher(trainer, [(torch.zeros(3, 4, 4), 0)]) == "channels_last"
+        assert install(trainer, [(torch.zeros(3, 4, 4), 0)]) == "channels_last"
         expected = [("auto", False), ("channels_last", True)] if rank == 0 else [("channels_last", True)]
         assert list(zip(method.asked, method.compiled)) == expected
         trainer.opt.compile = False
         trainer.opt.deterministic = True  # a fixed layout: no collective, nothing measured
-        assert Trainer.install_inference_teacher(trainer, [(torch.zeros(3, 4, 4), 0)]) == "contiguous"
+        assert install(trainer, [(torch.zeros(3, 4, 4), 0)]) == "contiguous"
         ranks_done()
     finally:
         dist.destroy_process_group()
@@ -216,7 +221,7 @@ def test_gids_starts_one_process_per_id_like_torchrun(tiny_cifar, teacher_file, 
                                          ("0", "no CUDA device is available")])
 def test_bad_gids_are_one_line(capsys, tiny_cifar, teacher_file, tmp_path, gids, needle, monkeypatch):
     import train_cifar_student
-    from helper.errors import run_cli
+    from helper.cli.entry import run_cli
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit) as exit_info:

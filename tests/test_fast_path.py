@@ -8,7 +8,7 @@ import torch
 from distiller_zoo import METHODS
 from helper.training.engine import train_one_epoch
 from helper.runtime.device import Runtime
-from helper.training.trainer import compile_networks
+from helper.runtime.device import compile_networks
 from models import model_dict
 
 

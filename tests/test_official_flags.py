@@ -10,7 +10,8 @@ import train_cifar_student
 import train_cifar_teacher
 import train_imagenet_student
 from distiller_zoo import METHODS, method_class, register
-from helper.cli.student import run_name, student_parser
+from helper.cli.parser import student_parser
+from helper.cli.student import run_name
 from helper.errors import UsageError
 from tests.test_bad_input import ROOT, fails
 
@@ -70,7 +71,7 @@ def test_teacher_takes_tb_freq_and_num_cls_and_range_checks_tb_freq(capsys, tmp_
 
 @pytest.mark.parametrize("dataset,classes", [("cifar100", 100), ("cifar10", 10), ("fashion_mnist", 10)])
 def test_num_cls_equal_to_the_dataset_is_accepted_and_other_values_refused(dataset, classes):
-    count = train_cifar_student.CIFAR_PROFILE["num_classes"]
+    count = train_cifar_student.CIFAR_PROFILE.num_classes
     assert count(cifar(["--dataset", dataset, "--num_cls", str(classes)])) == classes
     assert count(cifar(["--dataset", dataset])) == classes
     with pytest.raises(UsageError, match=f"--num_cls 7 disagrees with --dataset {dataset}, which has {classes} "

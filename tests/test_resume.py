@@ -219,7 +219,7 @@ def test_a_checkpoint_of_the_previous_format_still_resumes_bit_exactly(tiny_cifa
 
 
 def test_saved_configs_of_earlier_versions_read_in_todays_terms():
-    from helper.runs.store import normalise_saved_config
+    from helper.runs.config import normalise_saved_config
 
     # --batch_size was per process: 2 processes of 32 are today's global 64
     old = normalise_saved_config({"batch_size": 32, "world_size": 2})

@@ -16,7 +16,8 @@ import train_cifar_teacher
 from helper.runs import checkpoint
 from helper.training import signals
 from helper.runs.checkpoint import load_checkpoint
-from helper.errors import UsageError, run_cli
+from helper.cli.entry import run_cli
+from helper.errors import UsageError
 from helper.runs.store import RunLock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

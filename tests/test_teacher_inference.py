@@ -9,7 +9,7 @@ from torch import nn
 
 from distiller_zoo import METHODS
 from distiller_zoo.norm import norm_loss
-from helper.teachers.inference import InferenceTeacher
+from helper.teachers.inference import InferenceTeacher, install_inference_teacher
 from models import imagenet_model_dict, model_dict
 from models.cifar.resnetv2 import ResNet as BottleneckResNet
 from models.fold_bn import count_batchnorms, fold_batchnorms
@@ -144,7 +144,7 @@ def test_installed_inference_teacher_gives_the_same_losses_and_gradients_and_sta
     reference = losses_and_grads(method, x, y)
     teacher_state = {k: v.clone() for k, v in method.teacher.state_dict().items()}
 
-    copy = method.install_inference_teacher(x, memory_format="channels_last", cache_path=str(tmp_path / "c.json"))
+    copy = install_inference_teacher(method, x, memory_format="channels_last", cache_path=str(tmp_path / "c.json"))
     assert copy is method.inference_teacher and copy.folded == count_batchnorms(method.teacher)
     assert "9 of 9 BatchNorms folded; channels_last; eager" in copy.summary()
     assert set(method.state_dict()) == keys and len(list(method.parameters())) == n_params
@@ -166,7 +166,7 @@ def test_installed_inference_teacher_gives_the_same_losses_and_gradients_and_sta
     with torch.no_grad():
         assert_same_outputs(method.teacher(x, is_feat=True), feats)
     method.preact = True
-    method.install_inference_teacher(x, memory_format="contiguous", cache_path=str(tmp_path / "c.json"))
+    install_inference_teacher(method, x, memory_format="contiguous", cache_path=str(tmp_path / "c.json"))
     with torch.no_grad():
         assert_same_outputs(method.teacher(x, is_feat=True, preact=True), method.teacher_forward(x))
 
@@ -174,14 +174,14 @@ def test_installed_inference_teacher_gives_the_same_losses_and_gradients_and_sta
 def test_inference_teacher_refuses_another_device_and_is_a_snapshot_rebuilt_on_demand(tmp_path):
     method = build_norm()
     x = torch.randn(2, 3, 32, 32)
-    method.install_inference_teacher(x, memory_format="contiguous")
+    install_inference_teacher(method, x, memory_format="contiguous")
     with pytest.raises(RuntimeError, match="lives on cpu"):
         method.teacher_forward(torch.empty(2, 3, 32, 32, device="meta"))
     with torch.no_grad():
         method.teacher.fc.bias.add_(1.0)  # e.g. a teacher loaded after the copy was made
         stale = method.teacher_forward(x)[1]
         assert not torch.allclose(stale, method.teacher(x))  # the copy does not follow: the trainer rebuilds it
-    method.install_inference_teacher(x, memory_format="contiguous")
+    install_inference_teacher(method, x, memory_format="contiguous")
     with torch.no_grad():
         assert_same_outputs(method.teacher(x, is_feat=True), method.teacher_forward(x))
 

@@ -26,43 +26,42 @@ def torchrun_command(script, argv, nproc):
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script, *argv]
 
 
-def apply_gids(opt, script, argv, before_spawn=None):
-    """Act on --gids before anything is loaded.
+def apply_gids(gids, *, device, batch_size, sync_bn, script, argv, before_spawn=None):
+    """Act on --gids before anything is loaded; returns (device, status).
 
-    One id sets `--device cuda:ID`. Several ids, outside torchrun, run this same command under torchrun with one
-    process per id (CUDA_VISIBLE_DEVICES set to the ids, so process k takes the k-th) and exit with its status; this
-    returns only in the process that should train. With --device cpu the ids only count the processes (for tests).
-    `before_spawn` runs first (e.g. releasing the run folder's lock for the processes that will train in it).
+    status None: this process trains, on `device` (one id makes it `cuda:ID`). Several ids, outside torchrun: this same
+    command ran under torchrun with one process per id (CUDA_VISIBLE_DEVICES set to the ids, so process k takes the
+    k-th), and status is its exit status, for the caller to exit with. With --device cpu the ids only count the
+    processes (for tests). `before_spawn` runs first (e.g. releasing the run folder's lock for the processes that
+    will train in it).
     """
-    if opt.gids is None:
-        return
-    ids = parse_gids(opt.gids)
-    on_cpu = opt.device == "cpu"
+    if gids is None:
+        return device, None
+    ids = parse_gids(gids)
+    on_cpu = device == "cpu"
     if not on_cpu:
         if not torch.cuda.is_available():
-            raise UsageError(f"--gids {opt.gids} names GPUs but no CUDA device is available; drop --gids (or add "
+            raise UsageError(f"--gids {gids} names GPUs but no CUDA device is available; drop --gids (or add "
                              "--device cpu)")
         count = torch.cuda.device_count()
         missing = [i for i in ids if i >= count]
         if missing and "CUDA_VISIBLE_DEVICES" not in os.environ:
-            raise UsageError(f"--gids {opt.gids}: this machine has {count} GPU(s) (ids 0..{count - 1}); choose ids "
+            raise UsageError(f"--gids {gids}: this machine has {count} GPU(s) (ids 0..{count - 1}); choose ids "
                              "among them")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return  # a process torchrun started: it takes cuda:LOCAL_RANK among the visible ids
+        return device, None  # a process torchrun started: it takes cuda:LOCAL_RANK among the visible ids
     if len(ids) == 1:
-        if not on_cpu:
-            opt.device = f"cuda:{ids[0]}"
-        return
+        return (device if on_cpu else f"cuda:{ids[0]}"), None
     # what each process would refuse, refused here once, in one line, before torchrun starts them
-    per_process_batch(opt.batch_size, len(ids))
-    if getattr(opt, "sync_bn", False) and on_cpu:
+    per_process_batch(batch_size, len(ids))
+    if sync_bn and on_cpu:
         raise UsageError("--sync_bn needs CUDA devices (SyncBatchNorm has no CPU kernel); drop --sync_bn or run on GPUs")
     if before_spawn is not None:
         before_spawn()
     env = dict(os.environ)
     if not on_cpu:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in ids)
-    sys.exit(run_forwarding_signals(torchrun_command(script, argv, len(ids)), env))
+    return device, run_forwarding_signals(torchrun_command(script, argv, len(ids)), env)
 
 
 def run_forwarding_signals(command, env):

@@ -1,67 +1,14 @@
 """Command-line flags shared by the training scripts (the official names and defaults)."""
 import argparse
-import json
-import math
-import os
 import secrets
 
 from dataset.fashion_mnist import DEFAULT_ROOT
-from helper.errors import ArgumentParser, UsageError
-
-
-def _ranged(attribute, convert, name, accept):
-    """The argparse type `attribute` of this module: `convert(text)` where `accept(value)` holds, else ValueError."""
-    def parse(text):
-        value = convert(text)
-        if not accept(value):
-            raise ValueError(text)
-        return value
-
-    parse.__name__ = name  # argparse puts the type's name in its one-line error: "invalid <name> value: '-1'"
-    parse.__qualname__ = attribute  # what pickle looks the function up by
-    parse.__doc__ = f"argparse type: {name}."
-    return parse
-
-
-def _finite_float(text):
-    value = float(text)
-    if not math.isfinite(value):  # inf would pass `> 0`, and nan is no setting at all
-        raise ValueError(text)
-    return value
-
-
-SEED_LIMIT = 2**32  # NumPy's legacy seeding range; torch and Python accept it too
-
-positive_int = _ranged("positive_int", int, "integer >= 1", lambda v: v >= 1)
-non_negative_int = _ranged("non_negative_int", int, "integer >= 0", lambda v: v >= 0)
-seed_int = _ranged("seed_int", int, f"integer in [0, {SEED_LIMIT - 1}]", lambda v: 0 <= v < SEED_LIMIT)
-positive_float = _ranged("positive_float", _finite_float, "number > 0", lambda v: v > 0)
-non_negative_float = _ranged("non_negative_float", _finite_float, "number >= 0", lambda v: v >= 0)
-fraction_below_one = _ranged("fraction_below_one", _finite_float, "number in [0, 1)", lambda v: 0 <= v < 1)
-finite_float = _ranged("finite_float", _finite_float, "number", lambda v: True)
-
-
-def trial_name(text):
-    """argparse type: a trial name, which ends the run folder's name, so non-empty and without a path separator."""
-    text = str(text)
-    if not text.strip() or any(c in text for c in ("/", "\\", "\0")):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a non-empty name without '/' or '\\' (it ends the run "
-                                         "folder's name), e.g. --trial 1")
-    return text
-
-
-trial_name.__name__ = "trial name"
-
-
-def int_list(text):
-    """argparse type: '150,180,210' -> [150, 180, 210] (epochs, so each an integer >= 1); at least one."""
-    epochs = [positive_int(x) for x in str(text).split(",") if x.strip()]
-    if not epochs:  # "" or "," would be [], a silently constant learning rate
-        raise argparse.ArgumentTypeError("give at least one epoch, e.g. 150,180,210")
-    return epochs
-
-
-int_list.__name__ = "comma-separated list of integers >= 1"
+from distiller_zoo import METHODS, method_name
+from helper.argtypes import (finite_float, fraction_below_one, int_list, non_negative_float, non_negative_int,
+                             positive_float, positive_int, seed_int, trial_name)
+from helper.cli.entry import ArgumentParser
+from helper.errors import UsageError
+from helper.runs.config import saved_config
 
 
 def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay, lr_decay, lr_decay_epochs,
@@ -120,6 +67,49 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
     return p
 
 
+def teacher_parser(profile):
+    """The teacher script's flags: the shared ones, --model, and the official teacher script's --num_cls and -c."""
+    p = base_parser(profile.description, epochs=profile.epochs, batch_size=profile.batch_size, learning_rate=None,
+                    weight_decay=profile.weight_decay, lr_decay=profile.lr_decay,
+                    lr_decay_epochs=list(profile.lr_decay_epochs), dataset=profile.dataset,
+                    datasets=list(profile.datasets), save_freq=profile.save_freq, num_workers=profile.num_workers)
+    p.add_argument("--model", default=profile.model, help=f"architecture: {', '.join(profile.zoo)}")
+    add_num_cls_flag(p)
+    p.add_argument("-c", "--ceta", type=finite_float, default=argparse.SUPPRESS,
+                   help="inert, accepted for compatibility: the official teacher script scales the logits by it "
+                        "only when validating, which changes no accuracy; the teacher trains on raw logits")
+    return p
+
+
+def student_parser(profile):
+    """The student script's flags: the shared ones, the paper's distillation flags and every method's own."""
+    p = base_parser(profile.description, epochs=profile.epochs, batch_size=profile.batch_size,
+                    learning_rate=None, weight_decay=profile.weight_decay, lr_decay=profile.lr_decay,
+                    lr_decay_epochs=list(profile.lr_decay_epochs), dataset=profile.dataset,
+                    datasets=list(profile.datasets), num_workers=profile.num_workers)
+    g = p.add_argument_group("distillation (paper symbols in brackets)")
+    g.add_argument("--path_t", default=None, help="teacher checkpoint ({'model': state_dict} or a state dict)")
+    g.add_argument("--model_t", default=None, help="teacher architecture (default: read from the checkpoint)")
+    g.add_argument("--model_s", default=profile.model, help="student architecture")
+    g.add_argument("--distill", type=method_name, default="NORM",
+                   help=f"method, in any letter case: {', '.join(sorted(METHODS))}")
+    g.add_argument("-r", "--gamma", type=non_negative_float, default=None,
+                   help="weight of the cross-entropy (default: the method's, 1 for all)")
+    g.add_argument("-a", "--alpha", type=non_negative_float, default=None,
+                   help="weight of KD [paper: beta] (default: the method's, NORM 0; see README)")
+    g.add_argument("-b", "--beta", type=non_negative_float, default=None,
+                   help="weight of the method's loss [paper: alpha] (default: the method's, NORM 1)")
+    g.add_argument("-c", "--ceta", type=non_negative_float, default=None,
+                   help="logit layer-norm scale for CE/KD (NORM default 2.5, others 0 = raw logits)")
+    g.add_argument("--kd_T", type=positive_float, default=4.0, help="KD temperature")
+    if profile.image_size:
+        g.add_argument("--image_size", type=positive_int, default=profile.image_size, help="training crop size")
+    for cls in METHODS.values():
+        cls.add_arguments(g)
+    add_official_student_flags(p, num_cls=profile.official_num_cls)
+    return p
+
+
 def add_official_student_flags(parser, *, num_cls):
     """The official student scripts' flags that do nothing there: accepted so official command lines run unchanged.
 
@@ -162,14 +152,8 @@ def check_num_cls(opt, classes):
     return classes
 
 
-def resolve_seed(opt, run_dir):
-    """Without --seed: reuse the run's saved seed on --resume, else draw one (it is saved in config.json)."""
-    if opt.seed is None and opt.resume:
-        try:
-            with open(os.path.join(run_dir, "config.json")) as handle:
-                opt.seed = json.load(handle).get("seed")
-        except (OSError, ValueError):
-            pass
-    if opt.seed is None:
-        opt.seed = secrets.randbelow(2**31)
-    return opt
+def resolve_seed(seed, *, resume, run_dir):
+    """--seed, or without it the run's saved seed on --resume, else a drawn one (it is saved in config.json)."""
+    if seed is None and resume:
+        seed = (saved_config(run_dir) or {}).get("seed")
+    return secrets.randbelow(2**31) if seed is None else seed

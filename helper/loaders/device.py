@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms
 
-from helper.loaders.loader import EpochSampler
+from helper.loaders.sampler import EpochSampler
 
 _AUGMENT_STREAM = 2  # SeedSequence stream apart from dataset/common.py's transform (0) and CRD (1) streams
 

@@ -1,41 +1,29 @@
-"""Data loaders: a seeded, resumable, rank-sharded epoch order; unpadded validation shards."""
+"""Datasets to loaders: a seeded, resumable, rank-sharded epoch order; unpadded validation shards; --gpu_data."""
 import os
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 import torch
-from torch.utils.data import DataLoader, Sampler, Subset
+from torch.utils.data import DataLoader, Subset
+
+from helper.errors import UsageError
+from helper.loaders.device import device_loader_for
+from helper.loaders.sampler import EpochSampler
 
 
-class EpochSampler(Sampler):
-    """Indices for one epoch drawn from (seed, epoch) alone, padded and sharded over ranks; can skip a prefix.
+@dataclass(frozen=True)
+class LoaderSettings:
+    """What the data side of a run needs from the command line (and from the method: its contrast sampling)."""
 
-    With `tag_epoch` it yields (epoch, index) pairs, which the datasets accept: persistent loader workers then
-    augment with the right epoch's seeds without being told of the new epoch.
-    """
-
-    def __init__(self, size, seed, shuffle=True, rank=0, world_size=1, tag_epoch=False):
-        self.size, self.seed, self.shuffle, self.tag_epoch = size, seed, shuffle, tag_epoch
-        self.rank, self.world_size = rank, world_size
-        self.per_rank = -(-size // world_size)
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch, skip=0):
-        """Select the epoch's order and how many of this rank's leading samples to skip (resume)."""
-        self.epoch, self.skip = epoch, min(skip, self.per_rank)  # an interrupted last step may overshoot
-
-    def __iter__(self):
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-            order = torch.randperm(self.size, generator=generator)
-        else:
-            order = torch.arange(self.size)
-        padding = self.per_rank * self.world_size - self.size
-        if padding:  # as DistributedSampler: every rank gets the same number of steps
-            order = torch.cat([order, order[:padding]])
-        indices = order[self.rank::self.world_size][self.skip:].tolist()
-        return iter([(self.epoch, i) for i in indices] if self.tag_epoch else indices)
-
-    def __len__(self):
-        return self.per_rank - self.skip
+    dataset: str
+    data_root: str
+    download: bool
+    image_size: Optional[int]  # the training crop (ImageNet); None: the dataset's own size
+    contrast: Optional[Tuple[int, str]]  # CRD's (negatives per sample, mode) when the method samples contrasts
+    seed: int  # the training order's and augmentation's seed
+    num_workers: Optional[int]  # None: the script's official count, capped by the CPUs
+    official_num_workers: int
+    gpu_data: bool  # keep CIFAR/Fashion-MNIST on the device and augment there
 
 
 def train_loader(dataset, batch_size, seed, runtime, num_workers=8):
@@ -60,16 +48,17 @@ def _loader_generator(seed, rank):
     return torch.Generator().manual_seed((seed or 0) * 1009 + rank)
 
 
-def load_datasets(opt, image_size=None, contrast=False):
-    """Train and validation sets of `opt.dataset` (the train set seeded by `opt.seed`; CRD-sampled on request)."""
+def load_datasets(settings):
+    """Train and validation sets of `settings.dataset` (the train set seeded; CRD-sampled when the method asks)."""
     from dataset import build_dataset, crd_dataset
 
-    train = build_dataset(opt.dataset, opt.data_root, "train", download=opt.download, image_size=image_size,
-                          seed=opt.seed)
-    val = build_dataset(opt.dataset, opt.data_root, "val", download=opt.download, image_size=image_size)
+    train = build_dataset(settings.dataset, settings.data_root, "train", download=settings.download,
+                          image_size=settings.image_size, seed=settings.seed)
+    val = build_dataset(settings.dataset, settings.data_root, "val", download=settings.download,
+                        image_size=settings.image_size)
     check_same_classes(train, val)
-    if contrast:
-        train = crd_dataset(train, opt.nce_k, opt.mode)
+    if settings.contrast is not None:
+        train = crd_dataset(train, *settings.contrast)
     return train, val
 
 
@@ -98,3 +87,17 @@ def worker_count(requested, official, runtime):
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(0, min(official, cpus // local_ranks))
+
+
+def build_loaders(train_set, val_set, settings, runtime, batch):
+    """(training loader, validation loader) with `batch` samples per process: the CPU DataLoader, or with --gpu_data
+    the device-resident loader (CIFAR and Fashion-MNIST)."""
+    workers = worker_count(settings.num_workers, settings.official_num_workers, runtime)
+    if settings.gpu_data:
+        try:
+            train = device_loader_for(train_set, batch, settings.seed, runtime)
+        except ValueError as err:
+            raise UsageError(f"--gpu_data: {err}; drop --gpu_data") from None
+    else:
+        train = train_loader(train_set, batch, settings.seed, runtime, workers)
+    return train, eval_loader(val_set, batch, runtime, workers // 2)

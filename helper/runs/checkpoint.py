@@ -5,9 +5,7 @@ import os
 import torch
 
 from helper.errors import UsageError
-# the torch-free writers live in helper.runs.files; imported here too, where checkpoint users have always found them
-from helper.runs.files import (CheckpointWriteError, _write_atomic, write_bytes_atomic, write_failure_reason,  # noqa: F401
-                    write_text_atomic)
+from helper.runs.files import _write_atomic  # the torch-free atomic writer; this adds torch.save to it
 
 
 def save_atomic(obj, path):

@@ -8,7 +8,7 @@ import glob
 import os
 import tempfile
 
-from helper.errors import UsageError
+from helper.errors import CheckpointWriteError
 
 
 LOCK_NAME = ".lock"  # a run folder's lock file (helper.runs.store.RunLock)
@@ -20,10 +20,6 @@ def is_run_folder(folder):
         return False
     return os.path.exists(os.path.join(folder, LOCK_NAME)) or bool(
         glob.glob(os.path.join(glob.escape(folder), "*_last.pth")))
-
-
-class CheckpointWriteError(UsageError):
-    """A checkpoint or run file could not be written (disk full, permissions)."""
 
 
 def write_failure_reason(err):

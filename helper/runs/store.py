@@ -1,77 +1,19 @@
-"""The run folder: its lock, config.json, the resume policy, checkpoint writes and the results ledger line."""
-import argparse
+"""The run folder: its lock, the checks before anything loads, config.json, checkpoint writes (the resume policy is
+helper.runs.config's, the results line helper.runs.results')."""
 import errno
 import fcntl
 import glob
 import json
 import os
-import subprocess
 
-from helper.runs.checkpoint import CheckpointWriteError, load_checkpoint, save_atomic, write_text_atomic
-from helper.runs.files import LOCK_NAME, append_whole_line
-from helper.errors import UsageError
-
-# Options that may change between an interrupted run and its resumption without changing what is learned.
-# The teacher file may move (its architecture, `model_t`, is still compared).
-OPERATIONAL_OPTIONS = {"resume", "num_workers", "print_freq", "device", "data_root", "download", "progress",
-                       "save_root", "deterministic", "save_freq", "compile", "fused_sgd", "channels_last",
-                       "official_num_workers", "path_t", "gids", "no_inference_teacher",
-                       # the official scripts' inert flags (helper.cli.parser.add_official_student_flags)
-                       "tb_freq", "beta1", "kd_warm_up", "marginal_relu", "num_cls"}
-
-# The loss-weight flags and the names Distiller.weights gives them.
-WEIGHT_OPTIONS = {"gamma": "gamma", "alpha": "alpha", "beta": "beta", "ceta": "logit_scale"}
+from helper.errors import CheckpointWriteError, UsageError
+from helper.runs.checkpoint import load_checkpoint, save_atomic
+from helper.runs.config import (config_differences, describe_differences, normalise_saved_config,
+                                refuse_changed_configuration, saved_config)
+from helper.runs.files import LOCK_NAME, write_failure_reason as _reason, write_text_atomic
+from helper.runs.results import ResultsLedger
 
 TEMP_PATTERN = ".tmp-*"  # what save_atomic and write_text_atomic leave behind when killed mid-write
-
-
-def plain_config(opt):
-    """The options as JSON-compatible plain data."""
-    return {k: (v if isinstance(v, (int, float, str, bool, type(None))) else
-                list(v) if isinstance(v, (list, tuple)) else str(v)) for k, v in sorted(vars(opt).items())}
-
-
-def config_differences(saved, current):
-    """Names of the options that differ between a saved run and this command line (operational ones ignored).
-
-    A seed not given on this command line is not a difference: it is taken from the saved run.
-    """
-    keys = (set(saved) | set(current)) - OPERATIONAL_OPTIONS
-    if current.get("seed") is None:
-        keys.discard("seed")
-    return sorted(k for k in keys if saved.get(k) != current.get(k))
-
-
-def describe_differences(saved, current, keys):
-    """'k (saved a, now b), ...' for the options `keys`."""
-    return ", ".join(f"{k} (saved {saved.get(k)!r}, now {current.get(k)!r})" for k in keys)
-
-
-def normalise_saved_config(saved, method_cls=None):
-    """A saved config in today's terms: older runs stored per-process batches and left unset loss weights None."""
-    saved = dict(saved)
-    if "batch_size" in saved and "batch_size_per_process" not in saved:
-        # before the batch became global, --batch_size was per process
-        saved["batch_size_per_process"] = saved["batch_size"]
-        saved["batch_size"] = saved["batch_size"] * saved.get("world_size", 1)
-    if saved.get("world_size", 1) == 1:
-        saved["sync_bn"] = False  # it never did anything in one process (today's configs say so)
-    weights = getattr(method_cls, "weights", None)
-    unset = [k for k in WEIGHT_OPTIONS if k in saved and saved[k] is None]
-    if weights is not None and unset:
-        resolved = weights(argparse.Namespace(**saved))
-        saved.update({k: resolved[WEIGHT_OPTIONS[k]] for k in unset})
-    return saved
-
-
-def git_commit():
-    """The project's current git commit, or None outside a checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 _HELD_LOCKS = set()
@@ -151,7 +93,7 @@ class RunStore:
     def __init__(self, run_dir, name, *, resume, is_main=True, save_root=None):
         self.run_dir, self.name, self.resume, self.is_main = run_dir, name, resume, is_main
         self.started_over = False  # --resume found no checkpoint and starts the run from its beginning
-        self.save_root = save_root or os.path.dirname(os.path.dirname(run_dir))
+        self.results = ResultsLedger(save_root or os.path.dirname(os.path.dirname(run_dir)), run_dir, is_main)
         self.last_path = os.path.join(run_dir, f"{name}_last.pth")
         self.best_path = os.path.join(run_dir, f"{name}_best.pth")
         self.lock = RunLock(run_dir)
@@ -297,88 +239,12 @@ class RunStore:
             raise CheckpointWriteError(f"{err}; {self.advice()}") from err.__cause__
 
     def append_result(self, summary):
-        """Append one JSON line to <save_root>/results.jsonl (one write under a lock, so parallel runs never interleave)."""
-        self._append_result(summary, once=False)
+        """Append the run's line to <save_root>/results.jsonl (see ResultsLedger.append)."""
+        self.results.append(summary)
 
     def append_result_once(self, summary):
-        """Append `summary` to results.jsonl unless a line of this run folder with the same result is there already.
-
-        Returns whether it appended. For a finished run resumed after a kill between its last checkpoint and its line.
-        """
-        return self._append_result(summary, once=True)
-
-    def _append_result(self, summary, once):
-        if not self.is_main:
-            return False
-        path = os.path.join(self.save_root, "results.jsonl")
-        line = (json.dumps(summary) + "\n").encode()
-        try:
-            os.makedirs(self.save_root, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                # looked up under the lock: no other writer can add the line between the look and the write
-                if once and self._has_result(path, summary):
-                    return False
-                append_whole_line(fd, line)  # no half line: the ledger stays parseable
-            finally:
-                os.close(fd)
-        except OSError as err:
-            raise CheckpointWriteError(f"could not append to {path}: {_reason(err)}; the run's checkpoints in "
-                                       f"{self.run_dir} are complete") from err
-        return True
-
-    def _has_result(self, path, summary):
-        """Whether results.jsonl holds a line of this run folder with `summary`'s epochs and accuracies.
-
-        The result is compared too: a line left by an earlier run in a folder since deleted and rerun is not this one's.
-        """
-        keys = ("epochs", "best_acc", "last_acc")
-        with open(path, "rb") as handle:
-            for raw in handle:
-                try:
-                    record = json.loads(raw)
-                except ValueError:
-                    continue  # a malformed line records nothing
-                if (isinstance(record, dict) and self._names_this_run(record.get("run"))
-                        and all(record.get(k) == summary.get(k) for k in keys)):
-                    return True
-        return False
-
-    def _names_this_run(self, run):
-        """Whether a results line's "run" path is this run folder (it may have been written relative or absolute)."""
-        if not isinstance(run, str):
-            return False
-        if run == self.run_dir or os.path.abspath(run) == os.path.abspath(self.run_dir):
-            return True
-        try:
-            return os.path.samefile(run, self.run_dir)
-        except OSError:
-            return False
-
-
-def _reason(err):
-    """An OSError in a few words, naming a full disk as such."""
-    if err.errno == errno.ENOSPC:
-        return "the disk is full (No space left on device)"
-    return err.strerror or str(err)
-
-
-def saved_config(run_dir):
-    """The run folder's config.json in today's terms, or None when it is missing or unreadable."""
-    try:
-        with open(os.path.join(run_dir, "config.json")) as handle:
-            return normalise_saved_config(json.load(handle))
-    except (OSError, ValueError):
-        return None
-
-
-def refuse_changed_configuration(saved, config):
-    """A UsageError naming the options in which this command differs from the run's saved ones (none: nothing)."""
-    diffs = config_differences(saved, config)
-    if diffs:
-        raise UsageError(f"--resume with a changed configuration: {describe_differences(saved, config, diffs)}; "
-                         "rerun with the saved options, or start a new run with another --trial")
+        """Append the run's line unless results.jsonl holds it already; returns whether it appended."""
+        return self.results.append_once(summary)
 
 
 def _unlockable_message(folder, path, err):
@@ -388,3 +254,13 @@ def _unlockable_message(folder, path, err):
                 "(chmod u+w), or copy it to a writable --save_root and run there")
     return (f"cannot write the lock file {path} ({_reason(err)}); free space or fix that path (it must be a plain "
             "file), then rerun")
+
+
+def prepare_run_dir(run_dir, name, config, *, resume, save_root, rank=0):
+    """The run's store, checked against `config` before anything is loaded (an existing folder is locked; nothing is
+    created). `store.resume` says whether the run continues: --resume on a folder with no checkpoint starts over."""
+    store = RunStore(run_dir, name, resume=resume, is_main=rank == 0, save_root=save_root)
+    store.check(config)
+    if store.started_over and rank == 0:  # killed before its first checkpoint (or never started): nothing to lose
+        print(f"--resume: {run_dir} has no checkpoint yet; starting the run from its beginning", flush=True)
+    return store

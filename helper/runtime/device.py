@@ -183,3 +183,13 @@ def device_model_name(device):
     except (OSError, StopIteration):
         pass
     return name
+
+
+def compile_networks(*networks):
+    """torch.compile each network in place (its state-dict keys stay unchanged); None entries are skipped."""
+    for network in networks:
+        if network is None:
+            continue
+        if not hasattr(network, "compile"):
+            raise UsageError("--compile needs torch>=2.2 (nn.Module.compile); upgrade torch or drop --compile")
+        network.compile()

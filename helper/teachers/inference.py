@@ -17,6 +17,7 @@ import time
 import torch
 
 from helper.runtime.device import device_model_name
+from helper.runtime.distributed import broadcast_from_rank0
 from models.fold_bn import count_batchnorms, fold_batchnorms
 
 # safety net only: a folded copy further than this from the original (max |diff| / max |value|) is not used
@@ -55,7 +56,8 @@ def _read_cache(path):
 
 def _write_cache(path, key, value):
     """Add one entry to the cache file (atomically); an unwritable cache is no error, only no cache."""
-    from helper.runs.checkpoint import CheckpointWriteError, write_text_atomic
+    from helper.errors import CheckpointWriteError
+    from helper.runs.files import write_text_atomic
 
     data = _read_cache(path)
     data[key] = value
@@ -203,6 +205,47 @@ class InferenceTeacher:
         parts = [f"{self.folded} of {self.total_batchnorms} BatchNorms folded", layout,
                  "compiled" if self.compiled else "eager"]
         return "inference teacher: " + "; ".join(parts + self.notes)
+
+
+def install_inference_teacher(method, example, **options):
+    """Serve `method.teacher_forward` from an InferenceTeacher of `method.teacher` (`options` as InferenceTeacher's);
+    returns the copy. Call it after the method is on its device; `method.teacher` stays the original, for checkpoints
+    and validation, and the copy is in no state dict."""
+    method.inference_teacher = None  # the previous copy is freed before the new one is built
+    method.inference_teacher = InferenceTeacher(method.teacher, example, preact=method.preact, **options)
+    return method.inference_teacher
+
+
+def install_for_training(method, image_shape, batch, runtime, *, compile, deterministic):
+    """Install `method`'s inference teacher for the training step (a training batch of `image_shape` images); returns
+    the log line saying what was installed. Every rank runs the same memory layout (see `share_layout`)."""
+    # its own generator: building the copy (again on resume) must not move the run's RNG stream
+    example = torch.randn(batch, *image_shape, generator=torch.Generator().manual_seed(0)).to(runtime.device)
+
+    def install(memory_format, compile):
+        return install_inference_teacher(method, example, compile=compile, autocast=runtime.autocast,
+                                         memory_format=memory_format)
+
+    return share_layout(install, runtime, compile=compile, deterministic=deterministic)
+
+
+def share_layout(install, runtime, *, compile, deterministic):
+    """Call `install(memory_format, compile)` so that every rank gets one layout; returns the installed copy's summary.
+
+    --deterministic: no timing-dependent layout choice (a resume must pick the same kernels). Under DDP rank 0
+    measures (or reads its cache) and every rank takes its choice: one layout, one set of kernels. Only the
+    measurement precedes the broadcast; each rank compiles after it, all at the same time.
+    """
+    layout = "contiguous" if deterministic else "auto"
+    if layout == "auto" and runtime.distributed:
+        measured = install(layout, compile=False) if runtime.rank == 0 else None
+        layout = broadcast_from_rank0(measured.memory_format if measured else None, runtime)
+        installed = measured if measured is not None and not compile else install(layout, compile=compile)
+        if runtime.rank != 0:
+            installed.notes.append("layout chosen by rank 0")
+    else:
+        installed = install(layout, compile=compile)
+    return installed.summary()
 
 
 def _autocast_dtype(autocast, example):

@@ -4,7 +4,8 @@ import difflib
 import torch
 
 from helper.runs.checkpoint import load_checkpoint, model_state, plain_number
-from helper.teachers.official import _OFFICIAL_FT_KEY, _UNUSED, convert_official_student  # the official key names live there
+# the official key names live in helper.teachers.official
+from helper.teachers.official import _OFFICIAL_FT_KEY, _UNUSED, convert_official_student
 from helper.errors import UsageError
 
 TRANSFORM_PREFIX = "feature_transform."  # the state-dict keys of NORM's FT (models.norm.attach_feature_transform)
@@ -136,3 +137,28 @@ def checkpoint_config(checkpoint):
     """The run options saved in one of our checkpoints ({} for other files)."""
     config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     return config if isinstance(config, dict) else {}
+
+
+def infer_teacher_name(zoo, state, path, num_classes):
+    """The teacher architecture of `state` (read from `path`), found by matching its keys and shapes in the zoo."""
+    names = matching_architectures(zoo, state, num_classes)
+    # the official student variants (resnet18S, resnet34S) share their teacher's weights; a teacher is the plain one
+    names = [name for name in names if not (name.endswith("S") and name[:-1] in names)]
+    if len(names) == 1:
+        return names[0]
+    if names:
+        raise UsageError(f"cannot tell the teacher architecture of {path}: several architectures fit it "
+                         f"({', '.join(names)}); pass --model_t")
+    classes = _classifier_outputs(state)
+    if classes and classes != num_classes:
+        fits = matching_architectures(zoo, state, classes)
+        if fits:
+            raise UsageError(f"{path} is a {fits[0]} with {classes} classes, but the dataset has {num_classes}; "
+                             "pass the --dataset it was trained on, or a teacher for this one")
+    raise UsageError(f"cannot tell the teacher architecture of {path}: no architecture fits it; pass --model_t")
+
+
+def _classifier_outputs(state):
+    """The class count of a state dict: the rows of its last 2-d weight (the final linear layer), or None."""
+    matrices = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    return int(matrices[-1].shape[0]) if matrices else None

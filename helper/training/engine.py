@@ -1,13 +1,14 @@
 """The one training step loop and the one validation loop, shared by every script, dataset and method."""
 import sys
 import time
+from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 import torch.distributed
 import torch.nn.functional as F
 
 from helper.errors import UsageError
-from helper.training.meters import correct_topk
 from helper.runtime.device import all_reduce_sum
 from helper.training.timing import StepTimer, timed_teacher
 
@@ -53,9 +54,9 @@ def train_one_epoch(method, loader, optimizer, runtime, epoch, *, scaler=None, s
     method.train()
     progress = sys.stderr.isatty() if progress is None else progress
     timer = StepTimer(runtime.device) if timing else None
+    steps = EpochSteps(optimizer, runtime, epoch, scaler, start_step, print_freq, stop, progress, log, timer)
     with timed_teacher(getattr(method, "module", method), timer):  # DDP holds the method as .module
-        result = _train_steps(method, loader, optimizer, runtime, epoch, scaler, start_step, print_freq, stop,
-                              progress, log, timer)
+        result = _train_steps(method, loader, steps)
     if timer is not None:
         result.update({f"time/{phase}_s": seconds for phase, seconds in timer.totals().items()})
     return result
@@ -96,8 +97,27 @@ class SkippedSteps:
         return torch.where(long_run, self.first_bad, -1.0)
 
 
-def _train_steps(method, loader, optimizer, runtime, epoch, scaler, start_step, print_freq, stop, progress, log,
-                 timer):
+@dataclass(frozen=True)
+class EpochSteps:
+    """How one epoch's steps run: optimizer, runtime, where the epoch starts, when to log and to check for a stop."""
+
+    optimizer: torch.optim.Optimizer
+    runtime: object
+    epoch: int
+    scaler: Optional[object]  # a gradient scaler (fp16), or None
+    start_step: int
+    print_freq: int
+    stop: Optional[object]  # a StopRequest, or None
+    progress: bool
+    log: Callable[[str], None]
+    timer: Optional[StepTimer]
+
+
+def _train_steps(method, loader, steps):
+    # plain locals: the loop reads them on every step
+    optimizer, runtime, epoch, scaler = steps.optimizer, steps.runtime, steps.epoch, steps.scaler
+    start_step, print_freq, stop, progress, log, timer = (steps.start_step, steps.print_freq, steps.stop,
+                                                          steps.progress, steps.log, steps.timer)
     names, totals, first_bad, skips = None, None, None, None
     total_steps = start_step + len(loader)
     bar = _progress(loader, len(loader), f"epoch {epoch}", progress and runtime.is_main)
@@ -183,6 +203,14 @@ def _check_finite(first_bad, names, epoch, runtime):
         step, _ = min(hits)
         terms = ", ".join(name for s, name in hits if s == step)
         raise NonFiniteLoss(f"non-finite loss at epoch {epoch}, step {step + 1} in term(s) {terms}")
+
+
+def correct_topk(logits, targets, ks=(1, 5)):
+    """Number of samples whose target is among the top-k logits, for each k, as a tensor (no host sync)."""
+    maxk = min(max(ks), logits.shape[1])
+    top = logits.topk(maxk, dim=1).indices
+    hits = top.eq(targets[:, None])
+    return torch.stack([hits[:, :min(k, maxk)].any(dim=1).sum() for k in ks])
 
 
 @torch.no_grad()

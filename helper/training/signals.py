@@ -40,3 +40,11 @@ class StopRequest:
         if flag.item() and self.signum is None:
             self.signum = int(flag.item())
         return bool(flag.item())
+
+
+class Stopped(Exception):
+    """Training stopped on signal `signum` after writing its resumable checkpoint (the scripts exit 128 + signum)."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum

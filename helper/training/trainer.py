@@ -1,50 +1,48 @@
 """The epoch driver shared by the three training scripts: stages, schedules, validation, checkpoints, logs.
 
-The run folder and its policies live in `run_store`, DDP in `distributed`, the step loop in `engine`.
+The run folder and its policies live in helper.runs, DDP in helper.runtime.distributed, the step loop in `engine`,
+the optimizers in `optim`; the command line builds the parts and hands them over (helper.cli.main).
 """
 import gc
 import os
 import sys
 import time
-
-import torch
+from dataclasses import dataclass
+from typing import Optional, Tuple
 
 from helper.runs.checkpoint import plain_number
-from helper.loaders.loader import eval_loader, train_loader, worker_count
-from helper.loaders.device import device_loader_for
-from helper.runtime.distributed import (StageWrapper, broadcast_from_rank0, check_sync_bn, gather_rng_states, per_process_batch,
-                          restore_rng_state, sync_buffers)
+from helper.runs.results import run_summary
+from helper.runtime.device import compile_networks, ranks_done
+from helper.runtime.distributed import (StageWrapper, check_sync_bn, gather_rng_states, per_process_batch,
+                                        restore_rng_state, sync_buffers)
 from helper.training.engine import Interrupted, NonFiniteLoss, train_one_epoch, validate
-from helper.errors import UsageError
-from helper.runs.store import RunStore, git_commit, plain_config
-from helper.runtime.device import ranks_done
+from helper.training.optim import build_optimizers, match_parameter_layouts
 from helper.training.schedule import learning_rate, set_learning_rate
-from helper.training.signals import StopRequest
-from helper.training.timing import PHASES, format_duration
+from helper.training.signals import StopRequest, Stopped
+from helper.training.timing import format_duration, time_split, time_totals
 
 INIT_STAGE_EPOCH_OFFSET = 1_000_000
 
 
-def run_config(opt, world_size):
-    """The run's config as saved in config.json and every checkpoint: the options plus what they imply."""
-    config = {**plain_config(opt), "world_size": world_size,
-              "batch_size_per_process": opt.batch_size // world_size}  # fixes the data shards with the world size
-    config["sync_bn"] = bool(getattr(opt, "sync_bn", False)) and world_size > 1  # a no-op in one process
-    return config
+@dataclass(frozen=True)
+class TrainSettings:
+    """What the epoch driver needs from the command line."""
 
-
-def prepare_run_dir(run_dir, name, opt):
-    """The run's store, checked before anything is loaded (the folder is locked when it exists; nothing is created)."""
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    store = RunStore(run_dir, name, resume=opt.resume, is_main=rank == 0, save_root=opt.save_root)
-    per_process_batch(opt.batch_size, world)  # refused before anything loads
-    store.check(run_config(opt, world))
-    if store.started_over:  # killed before its first checkpoint (or never started): nothing to lose, start it
-        opt.resume = False
-        if rank == 0:
-            print(f"--resume: {run_dir} has no checkpoint yet; starting the run from its beginning", flush=True)
-    return store
+    epochs: int
+    batch_size: int  # global, split over the processes
+    learning_rate: float
+    lr_decay: str
+    lr_decay_epochs: Tuple[int, ...]
+    lr_decay_rate: float
+    momentum: float
+    weight_decay: float
+    fused_sgd: bool
+    init_epochs: int  # of a two-stage method's init stage (0: none)
+    sync_bn: bool
+    compile: bool
+    print_freq: int
+    save_freq: int
+    progress: Optional[bool]  # None: progress bars on a terminal only
 
 
 class Stage:
@@ -59,83 +57,42 @@ class Stage:
 
 
 class Trainer:
-    """Drives one run: `method` wraps `student`; checkpoints go to `run_dir` as `<name>_{best,last}.pth`."""
+    """Drives one run of `method` (which wraps `student`) in the run folder of `store`, from `config`'s options.
 
-    def __init__(self, method, student, opt, runtime, *, run_dir, name, train_set, val_set, record=None, store=None):
-        self.method, self.student, self.opt, self.runtime = method, student, opt, runtime
-        self.run_dir, self.name, self.train_set, self.val_set = run_dir, name, train_set, val_set
-        self.record = record or {}
-        self.store = store or RunStore(run_dir, name, resume=opt.resume, is_main=runtime.is_main,
-                                       save_root=opt.save_root)
-        self.batch = per_process_batch(opt.batch_size, runtime.world_size)
-        sync_bn = check_sync_bn(getattr(opt, "sync_bn", False), runtime)
-        self.config = run_config(opt, runtime.world_size)
-        self.last_path = self.store.last_path
+    `install_teacher(method)`, when given, installs the inference teacher and returns its log line (again on resume).
+    """
+
+    def __init__(self, method, student, settings, runtime, *, store, config, train_loader, val_loader, record,
+                 install_teacher=None):
+        self.method, self.student, self.settings, self.runtime = method, student, settings, runtime
+        self.store, self.config, self.record = store, config, record
+        self.train_loader, self.val_loader, self.install_teacher = train_loader, val_loader, install_teacher
+        self.run_dir, self.last_path = store.run_dir, store.last_path
+        self.batch = per_process_batch(settings.batch_size, runtime.world_size)
+        sync_bn = check_sync_bn(settings.sync_bn, runtime)
         self.best_acc, self.history = 0.0, []
         self.epoch_seconds = []  # wall time of each epoch this process ran (training + validation), for the ETA
         self.main = Stage()
-        self.two_stage = getattr(method, "has_init_stage", False) and getattr(opt, "init_epochs", 0) > 0
+        self.two_stage = method.has_init_stage and settings.init_epochs > 0
         self.init = Stage() if self.two_stage else None  # None: no init stage left to run
         # read and checked before anything costly runs (the caller may validate the teacher next)
-        self.resume_checkpoint = self.store.read_resumable(self.config, type(method)) if opt.resume else None
-
+        self.resume_checkpoint = store.read_resumable(config, type(method)) if store.resume else None
         runtime.to_device(method)
-        self.teacher_note = self.install_inference_teacher(train_set)
-        if getattr(opt, "compile", False):  # an inference teacher compiles itself
+        self.teacher_note = install_teacher(method) if install_teacher else None
+        if settings.compile:  # an inference teacher compiles itself
             compile_networks(student, None if self.teacher_note else getattr(method, "teacher", None))
-        params = [p for p in method.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=opt.learning_rate, momentum=opt.momentum,
-                                         weight_decay=opt.weight_decay, **_sgd_speed_options(runtime, opt))
-        self.scaler = runtime.grad_scaler()
-        self.init_optimizer = self.init_scaler = None
-        if self.two_stage:
-            self.init_optimizer = torch.optim.SGD(method.init_stage_parameters(), lr=method.init_learning_rate(opt),
-                                                  momentum=opt.momentum, weight_decay=opt.weight_decay)
-            self.init_scaler = runtime.grad_scaler()  # its own: the init stage's loss has another scale
+        self.optimizers = build_optimizers(method, settings, runtime, self.two_stage)
         self.wrapper = StageWrapper(method, runtime, sync_bn)
-        self.train_loader = make_train_loader(train_set, opt, runtime, self.batch)
-        workers = worker_count(opt.num_workers, getattr(opt, "official_num_workers", 8), runtime)
-        self.val_loader = eval_loader(val_set, self.batch, runtime, workers // 2)
         self.writer = None
-        self.progress = sys.stderr.isatty() if opt.progress is None else opt.progress
-
-    def install_inference_teacher(self, train_set):
-        """Serve the step's teacher forward from a BatchNorm-folded copy in its measured layout (not with
-        --no_inference_teacher); returns what was installed, in words, or None. The teacher itself is unchanged."""
-        if getattr(self.opt, "no_inference_teacher", False) or not hasattr(self.method, "install_inference_teacher"):
-            return None
-        image = train_set[0][0]
-        # its own generator: building the copy (again on resume) must not move the run's RNG stream
-        example = torch.randn(self.batch, *image.shape, generator=torch.Generator().manual_seed(0))
-        example = example.to(self.runtime.device)
-        # --deterministic: no timing-dependent layout choice (a resume must pick the same kernels); under DDP the
-        # ranks' buffers are made equal by broadcasts, which leave the values the copy was made from unchanged
-        layout = "contiguous" if getattr(self.opt, "deterministic", False) else "auto"
-        runtime, compile = self.runtime, getattr(self.opt, "compile", False)
-
-        def install(memory_format, compile=compile):
-            return self.method.install_inference_teacher(example, compile=compile, autocast=runtime.autocast,
-                                                         memory_format=memory_format)
-
-        if layout == "auto" and runtime.distributed:
-            # rank 0 measures (or reads its cache) and every rank takes its choice: one layout, one set of kernels.
-            # Only the measurement precedes the broadcast; each rank compiles after it, all at the same time.
-            measured = install(layout, compile=False) if runtime.rank == 0 else None
-            layout = broadcast_from_rank0(measured.memory_format if measured else None, runtime)
-            installed = measured if measured is not None and not compile else install(layout)
-            if runtime.rank != 0:
-                installed.notes.append("layout chosen by rank 0")
-        else:
-            installed = install(layout)
-        return installed.summary()
+        self.progress = sys.stderr.isatty() if settings.progress is None else settings.progress
 
     # ---------------------------------------------------------------- state
     def stateful_parts(self):
         """The parts whose state a checkpoint holds, by checkpoint key (objects with state_dict/load_state_dict)."""
-        parts = {"model": self.student, "method": MethodState(self.method), "optimizer": self.optimizer,
-                 "scaler": self.scaler}
+        o = self.optimizers
+        parts = {"model": self.student, "method": MethodState(self.method), "optimizer": o.main, "scaler": o.scaler}
         if self.init is not None:
-            parts.update(init_optimizer=self.init_optimizer, init_scaler=self.init_scaler)
+            parts.update(init_optimizer=o.init, init_scaler=o.init_scaler)
         return parts
 
     def state(self, accuracy=0.0):
@@ -161,17 +118,16 @@ class Trainer:
         for key, part in self.stateful_parts().items():
             if part is not None and ckpt.get(key):
                 part.load_state_dict(ckpt[key])
-        match_parameter_layouts(self.optimizer)
+        match_parameter_layouts(self.optimizers.main)
         self.best_acc, self.history = plain_number(ckpt["best_acc"]), list(ckpt.get("history", []))
-        if self.init is None and hasattr(self.method, "set_stage"):
+        if self.init is None and self.method.has_init_stage:
             self.method.set_stage("main")
         restore_rng_state(ckpt, self.runtime)
         self.main = Stage(ckpt["epoch"], ckpt["step"])
 
     def save_last(self, accuracy=0.0):
         """The resumable checkpoint."""
-        state = self.state(accuracy)
-        self.store.save(os.path.basename(self.last_path), state)
+        self.store.save(os.path.basename(self.last_path), self.state(accuracy))
 
     # ---------------------------------------------------------------- the run
     def log(self, message, err=False):
@@ -185,24 +141,25 @@ class Trainer:
             print(message, file=sys.stderr if err else sys.stdout, flush=True)
 
     def fit(self):
-        """Train from the start (or the resumed position) to `--epochs`; returns the final summary dict."""
-        opt, runtime = self.opt, self.runtime
+        """Train from the start (or the resumed position) to the last epoch; returns the run's summary.
+
+        Raises Stopped after a signal (the resumable checkpoint is written), NonFiniteLoss when a loss diverges.
+        """
         try:
-            if opt.resume:
+            if self.store.resume:
                 ckpt, self.resume_checkpoint = self.resume_checkpoint, None
                 self.load_state(ckpt)
                 if self.teacher_note:  # made anew from the teacher as it is now, after everything was loaded
-                    self.teacher_note = self.install_inference_teacher(self.train_set)
-                start, _ = self.main.next_start()
-                if self.init is None and start > opt.epochs:
+                    self.teacher_note = self.install_teacher(self.method)
+                if self.init is None and self.main.next_start()[0] > self.settings.epochs:
                     return self.finished_already()
             self.store.open(self.config)  # only now: a command refused while setting up leaves no folder behind
-            if opt.resume:
+            if self.store.resume:
                 where = (f"init epoch {self.init.next_start()[0]}" if self.init is not None else
                          "epoch {}, step {}".format(*self.main.next_start()))
                 self.log(f"resuming {self.run_dir} at {where}")
-            kept = "; freed host memory kept for reuse" if runtime.host_memory_kept else ""
-            self.log(f"global batch {opt.batch_size} = {runtime.world_size} x {self.batch}{kept}")
+            kept = "; freed host memory kept for reuse" if self.runtime.host_memory_kept else ""
+            self.log(f"global batch {self.settings.batch_size} = {self.runtime.world_size} x {self.batch}{kept}")
             if self.teacher_note:
                 self.log(self.teacher_note)
             return self._train()
@@ -210,24 +167,24 @@ class Trainer:
             self.store.close()
 
     def _train(self):
-        runtime = self.runtime
-        if runtime.is_main:
+        if self.runtime.is_main:
             from torch.utils.tensorboard import SummaryWriter
             self.writer = SummaryWriter(os.path.join(self.run_dir, "tensorboard"))
-        stop = StopRequest().install()
-        started = time.time()
+        stop, started = StopRequest().install(), time.time()
         try:
             if self.init is not None:
                 self.run_init_stage(stop)
             start, _ = self.main.next_start()
-            epochs = range(start, self.opt.epochs + 1)
-            if self.progress and runtime.is_main:
+            epochs = range(start, self.settings.epochs + 1)
+            if self.progress and self.runtime.is_main:
                 from tqdm import tqdm
-                epochs = tqdm(epochs, desc="epochs", initial=start - 1, total=self.opt.epochs)
+                epochs = tqdm(epochs, desc="epochs", initial=start - 1, total=self.settings.epochs)
             for epoch in epochs:
                 self.run_epoch(epoch, stop)
         except Interrupted:
-            return self.interrupted(stop)
+            self.log(f"stopped by signal {stop.signum}; a resumable checkpoint is in {self.last_path}; continue with "
+                     "the same command plus --resume", err=True)
+            raise Stopped(stop.signum or 15) from None
         except NonFiniteLoss as err:
             kept = (f"the last good checkpoint {self.last_path} is kept" if self.store.has_checkpoint else
                     "no checkpoint was written")
@@ -247,7 +204,7 @@ class Trainer:
         position.epoch, position.step = epoch, skip
         try:
             stats = train_one_epoch(self.wrapper.for_stage(stage), self.train_loader, optimizer, self.runtime,
-                                    epoch, scaler=scaler, start_step=skip, print_freq=self.opt.print_freq,
+                                    epoch, scaler=scaler, start_step=skip, print_freq=self.settings.print_freq,
                                     stop=stop, progress=self.progress, log=self.log)
         except Interrupted as interrupt:
             position.step = interrupt.steps_done
@@ -258,13 +215,11 @@ class Trainer:
 
     def run_init_stage(self, stop):
         """The pre-training stage of AB/FT/FSP (RepDistiller's `init`), resumable mid-epoch like the main stage."""
-        opt = self.opt
         self.method.set_stage("init")
-        start, _ = self.init.next_start()
-        for epoch in range(start, opt.init_epochs + 1):
+        for epoch in range(self.init.next_start()[0], self.settings.init_epochs + 1):
             stats = self.run_stage_epoch("init", epoch, INIT_STAGE_EPOCH_OFFSET + epoch,  # its own seeded order
-                                         self.init_optimizer, self.init_scaler, stop)
-            self.log(f"init epoch {epoch}/{opt.init_epochs} loss {stats.get('loss/total', 0):.4f}")
+                                         self.optimizers.init, self.optimizers.init_scaler, stop)
+            self.log(f"init epoch {epoch}/{self.settings.init_epochs} loss {stats.get('loss/total', 0):.4f}")
             self.save_last()
         self.method.set_stage("main")
         self.init = None
@@ -272,13 +227,12 @@ class Trainer:
 
     def run_epoch(self, epoch, stop):
         """One epoch: schedules, training, validation, logs and checkpoints."""
-        opt = self.opt
-        lr = learning_rate(epoch, opt.learning_rate, opt.epochs, opt.lr_decay, opt.lr_decay_epochs,
-                           opt.lr_decay_rate)
-        set_learning_rate(self.optimizer, lr)
+        s, optimizer = self.settings, self.optimizers.main
+        lr = learning_rate(epoch, s.learning_rate, s.epochs, s.lr_decay, s.lr_decay_epochs, s.lr_decay_rate)
+        set_learning_rate(optimizer, lr)
         self.method.set_epoch(epoch)
         tic = time.time()
-        train = self.run_stage_epoch("main", epoch, epoch, self.optimizer, self.scaler, stop)
+        train = self.run_stage_epoch("main", epoch, epoch, optimizer, self.optimizers.scaler, stop)
         seconds = time.time() - tic
         sync_buffers(self.method, self.runtime)
         val = validate(self.student, self.val_loader, self.runtime)
@@ -286,12 +240,11 @@ class Trainer:
         is_best = val["acc1"] > self.best_acc or not os.path.isfile(self.store.best_path)
         self.best_acc = max(self.best_acc, val["acc1"])
         images = len(self.train_loader.sampler) * self.runtime.world_size
-        scalars = method_scalars(self.method)
-        row = {"epoch": epoch, "lr": lr, **train, **scalars, "test_acc": val["acc1"], "test_acc_top5": val["acc5"],
-               "test_loss": val["loss"], "images_per_s": images / max(seconds, 1e-9)}
+        row = {"epoch": epoch, "lr": lr, **train, **self.method.logged_scalars(), "test_acc": val["acc1"],
+               "test_acc_top5": val["acc5"], "test_loss": val["loss"], "images_per_s": images / max(seconds, 1e-9)}
         self.history.append(row | {"train_s": seconds})
-        eta = (opt.epochs - epoch) * sum(self.epoch_seconds) / len(self.epoch_seconds)
-        self.log(f"epoch {epoch}/{opt.epochs} lr {lr:.5g} train loss {train.get('loss/total', 0):.4f} "
+        eta = (s.epochs - epoch) * sum(self.epoch_seconds) / len(self.epoch_seconds)
+        self.log(f"epoch {epoch}/{s.epochs} lr {lr:.5g} train loss {train.get('loss/total', 0):.4f} "
                  f"acc {train.get('train_acc1', 0):.2f} | test acc@1 {val['acc1']:.2f} acc@5 {val['acc5']:.2f} "
                  f"loss {val['loss']:.4f} | best {self.best_acc:.2f} | {row['images_per_s']:.0f} img/s "
                  f"{time_split(train, seconds)} | ETA {format_duration(eta)}")
@@ -299,28 +252,21 @@ class Trainer:
             for key, value in row.items():
                 if key != "epoch":
                     self.writer.add_scalar(key, value, epoch)
-        if is_best:
+        weights = {"epoch": epoch, "model": self.student.state_dict()}
+        if is_best:  # RepDistiller's best-file keys, plus our options
             self.store.save(os.path.basename(self.store.best_path),
-                            {"epoch": epoch, "model": self.student.state_dict(), "best_acc": float(self.best_acc),
-                             "accuracy": float(val["acc1"]), "optimizer": self.optimizer.state_dict(),
-                             "config": self.config})  # RepDistiller's best-file keys, plus our options
-        if epoch % opt.save_freq == 0:
+                            {**weights, "best_acc": float(self.best_acc), "accuracy": float(val["acc1"]),
+                             "optimizer": optimizer.state_dict(), "config": self.config})
+        if epoch % s.save_freq == 0:
             self.store.save(f"ckpt_epoch_{epoch}.pth",
-                            {"epoch": epoch, "model": self.student.state_dict(), "accuracy": float(val["acc1"]),
-                             "optimizer": self.optimizer.state_dict(), "method": self.method.method_state_dict(),
-                             "config": self.config})
+                            {**weights, "accuracy": float(val["acc1"]), "optimizer": optimizer.state_dict(),
+                             "method": self.method.method_state_dict(), "config": self.config})
         self.save_last(val["acc1"])
-
-    def interrupted(self, stop):
-        """Report on stderr how to resume after a signal; the resumable checkpoint is already written."""
-        self.log(f"stopped by signal {stop.signum}; a resumable checkpoint is in {self.last_path}; continue with "
-                 "the same command plus --resume", err=True)
-        sys.exit(128 + (stop.signum or 15))
 
     def finish(self, seconds):
         """Summary line, and one JSON line appended to <save_root>/results.jsonl."""
         summary = self.summary(seconds)
-        self.log(f"summary: {self.name} best acc@1 {self.best_acc:.2f} last acc@1 {summary['last_acc']:.2f} "
+        self.log(f"summary: {self.store.name} best acc@1 {self.best_acc:.2f} last acc@1 {summary['last_acc']:.2f} "
                  f"({self.run_dir})")
         self.store.append_result(summary)
         self.leave_process_group_cleanly()
@@ -337,26 +283,20 @@ class Trainer:
     def finished_already(self):
         """A resumed run with nothing left to train: its summary, and its results line if a kill kept it from there."""
         summary = self.summary(0.0)
-        # Killed (or stopped) between the final checkpoint and finish(), a run leaves no line: record it now. The
-        # process's wall time is lost; its training seconds from the history are the closest measure left.
+        # Killed (or stopped) between the final checkpoint and its results line, a run leaves no line: record it now.
+        # The process's wall time is lost; its training seconds from the history are the closest measure left.
         line = summary | {"wall_time_s": summary["train_time_s"], "recorded_on_resume": True}
-        added = self.store.append_result_once(line)
-        note = (f"; its missing result line was added to {os.path.join(self.store.save_root, 'results.jsonl')}"
-                if added else "")
-        self.log(f"{self.run_dir} already finished its {self.opt.epochs} epochs (best acc@1 {self.best_acc:.2f}); "
+        note = (f"; its missing result line was added to {self.store.results.path}"
+                if self.store.append_result_once(line) else "")
+        self.log(f"{self.run_dir} already finished its {self.settings.epochs} epochs (best acc@1 {self.best_acc:.2f}); "
                  f"nothing to resume{note}")
         self.leave_process_group_cleanly()
         return summary
 
     def summary(self, seconds):
-        """The run's results as plain data (best and last accuracy, record, config)."""
-        last = self.history[-1] if self.history else {"test_acc": 0.0, "test_acc_top5": 0.0}
-        best5 = max((h["test_acc_top5"] for h in self.history if h["test_acc"] == self.best_acc), default=0.0)
-        summary = {"run": self.run_dir, **self.record, "best_acc": self.best_acc, "best_acc_top5": best5,
-                   "last_acc": last["test_acc"], "last_acc_top5": last["test_acc_top5"],
-                   "epochs": self.opt.epochs, "wall_time_s": round(seconds, 1), **time_totals(self.history),
-                   "commit": git_commit(), "config": self.config}
-        return summary
+        """The run's results as plain data (best and last accuracy, record, times, config)."""
+        return run_summary(self.run_dir, self.record, self.history, self.best_acc, self.settings.epochs, seconds,
+                           time_totals(self.history), self.config)
 
 
 class MethodState:
@@ -370,63 +310,3 @@ class MethodState:
 
     def load_state_dict(self, state):
         self.method.load_method_state_dict(state)
-
-
-def time_split(train, seconds):
-    """'(data 3% teacher 41% student 22% backward 34%)': the epoch's training time per phase."""
-    parts = [(phase, train.get(f"time/{phase}_s")) for phase in PHASES]
-    if any(value is None for _, value in parts):
-        return ""
-    return "(" + " ".join(f"{phase} {100 * value / max(seconds, 1e-9):.0f}%" for phase, value in parts) + ")"
-
-
-def time_totals(history):
-    """The run's training seconds in all and per phase, summed over the epochs of its history."""
-    totals = {"train_time_s": round(sum(h.get("train_s", 0.0) for h in history), 1)}
-    for phase in PHASES:
-        totals[f"{phase}_time_s"] = round(sum(h.get(f"time/{phase}_s", 0.0) for h in history), 1)
-    return totals
-
-
-def method_scalars(method):
-    """Per-epoch values a method reports (NORM's beta1 weight), for logs and the history."""
-    return dict(method.logged_scalars()) if hasattr(method, "logged_scalars") else {}
-
-
-def make_train_loader(train_set, opt, runtime, batch):
-    """The CPU DataLoader, or with --gpu_data the device-resident loader (CIFAR and Fashion-MNIST); `batch` per process."""
-    if getattr(opt, "gpu_data", False):
-        try:
-            return device_loader_for(train_set, batch, opt.seed, runtime)
-        except ValueError as err:
-            raise UsageError(f"--gpu_data: {err}; drop --gpu_data") from None
-    workers = worker_count(opt.num_workers, getattr(opt, "official_num_workers", 8), runtime)
-    return train_loader(train_set, batch, opt.seed, runtime, workers)
-
-
-def match_parameter_layouts(optimizer):
-    """Give every per-parameter state tensor (momentum) its parameter's memory layout, in place.
-
-    A resume may switch --channels_last; the loaded buffers keep the saved strides, which fused SGD refuses.
-    """
-    for param, state in optimizer.state.items():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
-                state[key] = torch.empty_like(param).copy_(value)
-
-
-def compile_networks(*networks):
-    """torch.compile each network in place (its state-dict keys stay unchanged)."""
-    for network in networks:
-        if network is None:
-            continue
-        if not hasattr(network, "compile"):
-            raise UsageError("--compile needs torch>=2.2 (nn.Module.compile); upgrade torch or drop --compile")
-        network.compile()
-
-
-def _sgd_speed_options(runtime, opt):
-    """Fused SGD on CUDA when asked for (--fused_sgd); foreach is PyTorch's default elsewhere."""
-    if getattr(opt, "fused_sgd", False) and runtime.device.type == "cuda":
-        return {"fused": True}
-    return {}
