@@ -32,6 +32,14 @@ class RunLog:
         if self.writer is not None:
             self.writer.close()
 
+    def epochs(self, start, last):
+        """The epochs start..last, under a tqdm bar while progress bars are shown (rank 0)."""
+        epochs = range(start, last + 1)
+        if self.progress and self.is_main:
+            from tqdm import tqdm
+            epochs = tqdm(epochs, desc="epochs", initial=start - 1, total=last)
+        return epochs
+
     def epoch(self, row, epochs, train, best_acc, seconds, eta):
         """The epoch's line and its TensorBoard points; `row` is the epoch's history row."""
         epoch = row["epoch"]

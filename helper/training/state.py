@@ -23,6 +23,12 @@ class Progress:
         self.main, self.init = Stage(), (Stage() if two_stage else None)
         self.best_acc, self.history = 0.0, []
 
+    def where(self):
+        """Where the run continues, in words: 'init epoch N' or 'epoch E, step S'."""
+        if self.init is not None:
+            return f"init epoch {self.init.next_start()[0]}"
+        return "epoch {}, step {}".format(*self.main.next_start())
+
     def payload(self, parts, runtime, config, accuracy=0.0):
         """Everything needed to continue the run, as plain data (a collective under DDP: all ranks call it).
 
@@ -55,6 +61,19 @@ class Progress:
         self.best_acc, self.history = plain_number(ckpt["best_acc"]), list(ckpt.get("history", []))
         restore_rng_state(ckpt, runtime)
         self.main = Stage(ckpt["epoch"], ckpt["step"])
+
+
+def epoch_checkpoints(epoch, student, method, optimizer, config, *, accuracy, best_acc, best_name, periodic):
+    """{file name: payload} of the epoch's extra checkpoints: `best_name` (RepDistiller's best-file keys plus our
+    options) when given, and ckpt_epoch_E.pth (with the method's parts) when `periodic`."""
+    files, weights = {}, {"epoch": epoch, "model": student.state_dict()}
+    if best_name:
+        files[best_name] = {**weights, "best_acc": float(best_acc), "accuracy": float(accuracy),
+                            "optimizer": optimizer.state_dict(), "config": config}
+    if periodic:
+        files[f"ckpt_epoch_{epoch}.pth"] = {**weights, "accuracy": float(accuracy), "optimizer": optimizer.state_dict(),
+                                            "method": method.method_state_dict(), "config": config}
+    return files
 
 
 class MethodState:
