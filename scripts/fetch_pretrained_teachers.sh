@@ -33,7 +33,7 @@ ARCHIVE_URL="${ARCHIVE_URL:-$MDISTILLER_RELEASE/cifar_teachers.tar}"
 TEACHER_DIR="${TEACHER_DIR:-save/models}"
 TIMEOUT="${TIMEOUT:-20}"
 # load the file strictly into the CIFAR-100 architecture; a bad file gives one "error: ..." line and exit status 2
-VERIFY_PY="import sys; from helper.errors import run_cli; from helper.teachers.loading import load_model_file; \
+VERIFY_PY="import sys; from helper.cli.entry import run_cli; from helper.teachers.loading import load_model_file; \
 from models import model_dict; run_cli(lambda _: load_model_file(model_dict, sys.argv[1], sys.argv[2], 100))"
 
 names=("$@")
