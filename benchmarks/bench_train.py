@@ -28,10 +28,11 @@ if ROOT not in sys.path:
 # data: "host" = float batches prepared on the CPU and copied every step (the DataLoader path, its augmentation
 # done beforehand as workers would); "device" = helper/loaders/device.py. sync: loss.item() every step, as the
 # official code does for its loss meter. channels_last: the method's memory format (--channels_last). teacher:
-# "original" = the teacher module under no_grad, "inference" = helper.teachers.inference.install_inference_teacher (BatchNorm
-# folded, own memory format measured at start-up). keep_memory: helper/runtime/host_memory.py (freed host blocks are reused,
-# not unmapped and faulted in again every step). huge_pages: fast with torch's THP_MEM_ALLOC_ENABLE=1 (blocks of
-# 2 MiB and more are 2 MiB-aligned and madvise'd as transparent huge pages). amp and fused SGD apply on CUDA only.
+# "original" = the teacher module under no_grad, "inference" = helper.teachers.inference.install_inference_teacher
+# (BatchNorm folded, own memory format measured at start-up). keep_memory: helper/runtime/host_memory.py (freed host
+# blocks are reused, not unmapped and faulted in again every step). huge_pages: fast with torch's
+# THP_MEM_ALLOC_ENABLE=1 (blocks of 2 MiB and more are 2 MiB-aligned and madvise'd as transparent huge pages). amp and
+# fused SGD apply on CUDA only.
 CONFIGS = {
     "reference": dict(data="host", sync=True, channels_last=False, teacher="original", amp=False, fused=False,
                       compile=False, keep_memory=False),

@@ -42,7 +42,8 @@ finish = trainer.Trainer.finish
 
 def finish_and_dump(self, seconds):
     torch.save({"model": self.student.state_dict(), "method": self.method.method_state_dict(),
-                "optimizer": self.optimizers.main.state_dict()["state"], "wrapped": wrapped, "rng": torch.get_rng_state(),
+                "optimizer": self.optimizers.main.state_dict()["state"], "wrapped": wrapped,
+                "rng": torch.get_rng_state(),
                 "batch": self.batch}, os.path.join(dump_dir, f"rank{self.runtime.rank}.pth"))
     return finish(self, seconds)
 

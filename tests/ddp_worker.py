@@ -13,7 +13,8 @@ finish = trainer.Trainer.finish
 
 
 def finish_and_dump(self, seconds):
-    torch.save({"model": self.student.state_dict(), "seed": self.config["seed"], "method": self.method.method_state_dict()},
+    torch.save({"model": self.student.state_dict(), "seed": self.config["seed"],
+                "method": self.method.method_state_dict()},
                os.path.join(os.environ["DUMP_DIR"], f"rank{self.runtime.rank}.pth"))
     return finish(self, seconds)
 

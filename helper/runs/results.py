@@ -64,8 +64,8 @@ class ResultsLedger:
             finally:
                 os.close(fd)
         except OSError as err:
-            raise CheckpointWriteError(f"could not append to {path}: {write_failure_reason(err)}; the run's checkpoints "
-                                       f"in {self.run_dir} are complete") from err
+            raise CheckpointWriteError(f"could not append to {path}: {write_failure_reason(err)}; the run's "
+                                       f"checkpoints in {self.run_dir} are complete") from err
         return True
 
     def _has_result(self, path, summary):
