@@ -3,6 +3,7 @@ import functools
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -42,7 +43,12 @@ def no_network(tmp_path):
 def this_python_as_python3():
     """A folder whose `python3` is the interpreter running the tests (a venv's, even when it is not activated)."""
     folder = tempfile.mkdtemp(prefix="python3-")
-    os.symlink(sys.executable, os.path.join(folder, "python3"))
+    # A wrapper that execs the interpreter by its own path, not a symlink to it: a venv's interpreter finds its venv
+    # (pyvenv.cfg) beside the path it is started by, so a symlink in another folder would start the bare base Python.
+    shim = os.path.join(folder, "python3")
+    with open(shim, "w") as handle:
+        handle.write(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+    os.chmod(shim, 0o755)
     return folder
 
 
