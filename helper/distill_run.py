@@ -8,7 +8,8 @@ from .data import load_datasets
 from .engine import validate
 from .errors import UsageError
 from .launch import apply_gids
-from .model_loading import build_model, check_plain_state, load_model_state, matching_architectures
+from .model_loading import (build_model, check_plain_state, classifier_outputs, load_model_state,
+                            matching_architectures)
 from .options import (add_official_student_flags, base_parser, non_negative_float, positive_float, positive_int,
                       resolve_seed)
 from .runtime import cleanup, seed_everything, setup_runtime, shared_seed
@@ -63,19 +64,13 @@ def infer_teacher_name(zoo, state, path, num_classes):
     if names:
         raise UsageError(f"cannot tell the teacher architecture of {path}: several architectures fit it "
                          f"({', '.join(names)}); pass --model_t")
-    classes = _classifier_outputs(state)
+    classes = classifier_outputs(state)
     if classes and classes != num_classes:
         fits = matching_architectures(zoo, state, classes)
         if fits:
             raise UsageError(f"{path} is a {fits[0]} with {classes} classes, but the dataset has {num_classes}; "
                              "pass the --dataset it was trained on, or a teacher for this one")
     raise UsageError(f"cannot tell the teacher architecture of {path}: no architecture fits it; pass --model_t")
-
-
-def _classifier_outputs(state):
-    """The class count of a state dict: the rows of its last 2-d weight (the final linear layer), or None."""
-    matrices = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
-    return int(matrices[-1].shape[0]) if matrices else None
 
 
 def student_main(argv, profile):

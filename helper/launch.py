@@ -8,17 +8,15 @@ import torch
 
 from .distributed import per_process_batch
 from .errors import UsageError
+from .options import gpu_id_list
 
 
 def parse_gids(text):
-    """'0,1,2' -> [0, 1, 2]; a one-line error for anything else."""
+    """'0,1,2' -> [0, 1, 2]; a one-line UsageError for anything else (the grammar: helper.options.gpu_id_list)."""
     try:
-        ids = [int(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        ids = None
-    if not ids or any(i < 0 for i in ids) or len(set(ids)) != len(ids):
-        raise UsageError(f"--gids {text!r}: give distinct GPU ids separated by commas, e.g. --gids 0,1,2,3")
-    return ids
+        return gpu_id_list(text)
+    except ValueError as err:
+        raise UsageError(f"--gids {err}") from None
 
 
 def torchrun_command(script, argv, nproc):

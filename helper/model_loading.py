@@ -70,17 +70,35 @@ def load_strict(model, state, *, name, path, zoo, num_classes, flag):
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:
-        if getattr(model, "feature_transform", None) is None:  # a plain model was expected
+        with_transform = getattr(model, "feature_transform", None) is not None
+        if not with_transform:  # a plain model was expected
             check_plain_state(state, path, zoo, num_classes, flag)
-        matches = matching_architectures(zoo, state, num_classes)
-        if matches:
-            hint = f"it holds a {matches[0]}: pass {flag} {matches[0]}"
-        else:
-            fc = [tuple(v.shape) for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
-            hint = (f"no architecture of that name fits it (classifier {fc[-1] if fc else '?'}); "
-                    "check the file and the --dataset's number of classes")
-        raise UsageError(f"{path} does not fit {flag} {name}; {hint}") from None
+        raise UsageError(f"{path} does not fit {flag} {name}; "
+                         f"{_what_the_file_holds(zoo, state, num_classes, flag)}") from None
     return model
+
+
+def classifier_outputs(state):
+    """The class count of a state dict: the rows of its last 2-d weight (the final linear layer), or None."""
+    matrices = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    return int(matrices[-1].shape[0]) if matrices else None
+
+
+def _what_the_file_holds(zoo, state, num_classes, flag):
+    """A hint naming the architecture of `state` (a NORM student's transform aside), at this or its own class count."""
+    plain = {k: v for k, v in state.items() if not k.startswith(TRANSFORM_PREFIX)}
+    transform = " with a feature transform" if len(plain) < len(state) else ""
+    classes = classifier_outputs(plain)
+    matches = matching_architectures(zoo, plain, num_classes)
+    if matches:
+        return f"it holds a {matches[0]}{transform}: pass {flag} {matches[0]}"
+    if classes and classes != num_classes:
+        matches = matching_architectures(zoo, plain, classes)
+        if matches:
+            return (f"it holds a {matches[0]}{transform} with {classes} classes (not {num_classes}): pass {flag} "
+                    f"{matches[0]} and the --dataset it was trained on")
+    shape = next((tuple(v.shape) for v in reversed(plain.values()) if v.dim() == 2), "?")
+    return f"no architecture fits it (classifier {shape}); check the file and the --dataset's number of classes"
 
 
 def load_model_state(zoo, name, state, path, num_classes, flag="--model_t"):

@@ -3,6 +3,7 @@ import argparse
 import json
 import math
 import os
+import re
 import secrets
 
 from dataset.fashion_mnist import DEFAULT_ROOT
@@ -51,6 +52,35 @@ def trial_name(text):
 
 
 trial_name.__name__ = "trial name"
+
+
+GPU_IDS = re.compile(r"[0-9]+(,[0-9]+)*", re.ASCII)
+
+
+def gpu_id_list(text):
+    """'0,1,2' -> [0, 1, 2]: distinct non-negative decimal ids separated by single commas; ValueError otherwise.
+
+    Strict on purpose: `0,,1`, `0, 1`, `-1`, `+1` or `1,1` are typos that would otherwise start a run on other GPUs.
+    """
+    text = str(text)
+    if not GPU_IDS.fullmatch(text):
+        why = "an empty id" if "" in text.split(",") else "no spaces or signs" if re.search(r"[\s+-]", text) else None
+        raise ValueError(f"{text!r}: give distinct GPU ids separated by commas, e.g. --gids 0,1,2,3"
+                         f"{f' ({why})' if why else ''}")
+    ids = [int(x) for x in text.split(",")]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{text!r}: give distinct GPU ids separated by commas, e.g. --gids 0,1,2,3 (an id is "
+                         "repeated)")
+    return ids
+
+
+def gpu_ids(text):
+    """argparse type of --gids: the text itself, once `gpu_id_list` accepts it (so a bad list stops the parse)."""
+    try:
+        gpu_id_list(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return str(text)
 
 
 def int_list(text):
@@ -103,7 +133,7 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
                    help="force tqdm progress bars (default: only on a terminal)")
     g = p.add_argument_group("device and speed")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:K")
-    g.add_argument("--gids", default=None,
+    g.add_argument("--gids", type=gpu_ids, default=None,
                    help="the official GPU ids, e.g. 0,1,2,3: one id runs on that GPU, several start DDP over them "
                         "(one process each, as torchrun; --batch_size stays the global batch)")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
