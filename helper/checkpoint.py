@@ -1,5 +1,6 @@
 """Checkpoints: atomic writes of plain data, safe reads (`weights_only=True`) of ours and of legacy files."""
 import argparse
+import io
 import os
 
 import torch
@@ -12,7 +13,11 @@ from .files import (CheckpointWriteError, _write_atomic, write_bytes_atomic, wri
 
 def save_atomic(obj, path):
     """torch.save `obj` to `path` atomically (temporary file, fsync, rename); `path` is untouched on failure."""
-    _write_atomic(path, lambda handle: torch.save(obj, handle))
+    # Serialised in memory first, then written as plain bytes: torch's zip writer reports a short write (a full disk)
+    # as "unexpected pos ...", a plain write as ENOSPC, which the one-line error names.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    _write_atomic(path, lambda handle: handle.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path):

@@ -15,6 +15,7 @@ from .device_data import device_loader_for
 from .distributed import (StageWrapper, broadcast_from_rank0, check_sync_bn, gather_rng_states, per_process_batch,
                           restore_rng_state, sync_buffers)
 from .engine import Interrupted, NonFiniteLoss, train_one_epoch, validate
+from .event_log import EventLog
 from .errors import UsageError
 from .run_store import RunStore, git_commit, plain_config
 from .runtime import ranks_done
@@ -212,8 +213,7 @@ class Trainer:
     def _train(self):
         runtime = self.runtime
         if runtime.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(os.path.join(self.run_dir, "tensorboard"))
+            self.writer = EventLog(os.path.join(self.run_dir, "tensorboard"), self.store.advice)
         stop = StopRequest().install()
         started = time.time()
         try:
