@@ -1,0 +1,109 @@
+"""DKD: Zhao et al., "Decoupled Knowledge Distillation" (CVPR 2022), as mdistiller's `dkd_loss` and CIFAR-100 configs.
+
+With b = (p_target, sum of the other p) and p = softmax(z / T), and p^ = softmax(z / T - 1000 * onehot(y)):
+L_dkd = min(epoch / warmup, 1) * [alpha * T^2 KL(b_t || b_s) + beta * T^2 KL(p^_t || p^_s)], each KL summed and
+divided by the batch. The epoch counts from 1 (mdistiller's first epoch is 1), so the first epoch has 1/warmup.
+With --logit_standardize (Sun et al. 2024) the logits are z-scored first, T is the base temperature and alpha, beta
+are multiplied by the weight w, as that reference does.
+"""
+import torch
+import torch.nn.functional as F
+
+from helper.options import non_negative_float, non_negative_int, positive_float
+from .base import Distiller
+from .logit_standard import LS_DKD, add_ls_arguments, logit_standardize_on, ls_settings, standardize
+from .registry import add_argument_once, register
+
+# beta (the NCKD weight) of mdistiller's configs/cifar100/dkd/*.yaml; every other pair takes the default 8
+DKD_BETA = {("resnet56", "resnet20"): 2.0, ("resnet110", "resnet32"): 2.0, ("vgg13", "vgg8"): 6.0,
+            ("wrn_40_2", "wrn_16_2"): 6.0, ("wrn_40_2", "wrn_40_1"): 6.0, ("vgg13", "MobileNetV2"): 6.0}
+DKD_DEFAULT_BETA = 8.0
+
+
+def _binary(probs, gt_mask, other_mask):
+    """(B, 2): the target-class probability and the sum of the others (mdistiller's cat_mask)."""
+    return torch.cat([(probs * gt_mask).sum(1, keepdim=True), (probs * other_mask).sum(1, keepdim=True)], dim=1)
+
+
+def dkd_loss(student_logits, teacher_logits, targets, alpha, beta, temperature, logit_stand=False):
+    """alpha * TCKD + beta * NCKD, each T^2 * summed KL / batch (no warm-up factor)."""
+    if logit_stand:
+        student_logits, teacher_logits = standardize(student_logits), standardize(teacher_logits)
+    gt_mask = torch.zeros_like(student_logits).scatter_(1, targets.reshape(-1, 1), 1).bool()
+    other_mask = torch.ones_like(student_logits).scatter_(1, targets.reshape(-1, 1), 0).bool()
+    b_s = _binary(F.softmax(student_logits / temperature, dim=1), gt_mask, other_mask)
+    b_t = _binary(F.softmax(teacher_logits / temperature, dim=1), gt_mask, other_mask)
+    batch = targets.shape[0]
+    tckd = F.kl_div(torch.log(b_s), b_t, reduction="sum") * temperature ** 2 / batch
+    log_q_s = F.log_softmax(student_logits / temperature - 1000.0 * gt_mask, dim=1)
+    q_t = F.softmax(teacher_logits / temperature - 1000.0 * gt_mask, dim=1)
+    nckd = F.kl_div(log_q_s, q_t, reduction="sum") * temperature ** 2 / batch
+    return alpha * tckd + beta * nckd
+
+
+@register("dkd")
+class DKD(Distiller):
+    """Decoupled KD on the logits: CE + warm-up * (alpha TCKD + beta NCKD); -b is beta (mdistiller's per pair)."""
+
+    defaults = {"gamma": 1.0, "alpha": 0.0, "beta": DKD_DEFAULT_BETA}
+    losses_in_float32 = False  # it casts the two logit tensors it uses, not every feature map
+    needs_targets = True
+    kd_style_terms = True
+
+    def __init__(self, student, teacher, dkd_alpha=1.0, dkd_T=4.0, warmup=20, ls_weight=None, **weights):
+        super().__init__(student, teacher, **weights)
+        self.dkd_alpha, self.dkd_T, self.warmup, self.ls_weight = dkd_alpha, dkd_T, warmup, ls_weight
+        self.epoch = 1  # the reference's epochs count from 1
+
+    @classmethod
+    def add_arguments(cls, parser):
+        # defaults None (resolved in build): runs from before these flags existed resume unchanged
+        add_argument_once(parser, "--dkd_alpha", type=non_negative_float, default=None,
+                          help="DKD: weight of the target-class term TCKD (default 1; -b is NCKD's beta)")
+        add_argument_once(parser, "--dkd_T", type=positive_float, default=None, help="DKD temperature (default 4)")
+        add_argument_once(parser, "--dkd_warmup", type=non_negative_int, default=None,
+                          help="DKD: epochs of the linear warm-up of its term, counted from epoch 1 (default 20; "
+                               "0: none)")
+        add_ls_arguments(parser)
+
+    @classmethod
+    def weights(cls, opt):
+        chosen = super().weights(opt)
+        pair = (getattr(opt, "model_t", None), getattr(opt, "model_s", None))
+        if getattr(opt, "beta", None) is None:
+            chosen["beta"] = DKD_BETA.get(pair, DKD_DEFAULT_BETA)
+            if logit_standardize_on(opt):
+                chosen["beta"] = (ls_settings(opt, LS_DKD)[2:] or (chosen["beta"],))[0]
+        return chosen
+
+    @classmethod
+    def build(cls, student, teacher, opt, data):
+        weights = cls.weights(opt)
+        ls_weight = None
+        if weights.get("logit_standardize"):
+            weights["ls_T"], ls_weight = ls_settings(opt, LS_DKD)[:2]
+        given = {k: getattr(opt, k, None) for k in ("dkd_alpha", "dkd_T", "dkd_warmup")}
+        return cls(student, teacher, dkd_alpha=1.0 if given["dkd_alpha"] is None else given["dkd_alpha"],
+                   dkd_T=4.0 if given["dkd_T"] is None else given["dkd_T"],
+                   warmup=20 if given["dkd_warmup"] is None else given["dkd_warmup"], ls_weight=ls_weight, **weights)
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def warmup_factor(self):
+        """min(epoch / warmup, 1), the reference's linear warm-up (1 without one)."""
+        return min(self.epoch / self.warmup, 1.0) if self.warmup else 1.0
+
+    def logged_scalars(self):
+        """The epoch's warm-up factor of the DKD term."""
+        return {"dkd_warmup": self.warmup_factor()}
+
+    def feature_losses(self, feat_s, feat_t, logits_s, logits_t, index, contrast_index, targets=None):
+        if self.logit_standardize:  # the reference multiplies alpha and beta by w and uses the base temperature
+            alpha, beta, temperature = self.dkd_alpha * self.ls_weight, self.beta * self.ls_weight, self.ls_T
+        else:
+            alpha, beta, temperature = self.dkd_alpha, self.beta, self.dkd_T
+        with torch.autocast(logits_s.device.type, enabled=False):
+            loss = dkd_loss(logits_s.float(), logits_t.float(), targets, alpha, beta, temperature,
+                            self.logit_standardize)
+        return {"dkd": self.warmup_factor() * loss}
