@@ -17,8 +17,12 @@ step (a changed prediction path such as SimKD's, or an init stage such as AB's, 
 """
 import argparse
 
+import torch
+
 from helper.errors import UsageError
+from helper.options import non_negative_float
 from .base import Distiller
+from .logit_standard import refuse_without_kd_terms
 from .registry import METHODS
 
 SEPARATOR = "+"
@@ -137,7 +141,6 @@ class Combination(Distiller):
         chosen["alpha"] = max(w["alpha"] for w in parts)  # -a when given: every part resolved it to -a
         chosen["beta"] = SEPARATOR.join(str(w["beta"]) for w in parts)
         if chosen.get("logit_standardize") and not (chosen["alpha"] > 0 or cls.kd_style_terms):
-            from .logit_standard import refuse_without_kd_terms
             refuse_without_kd_terms(cls.name, False)
         return chosen
 
@@ -157,10 +160,10 @@ class Combination(Distiller):
                 self.add_module(name if name not in self._modules else f"{part.name}_{name}", module)
 
     def train(self, mode=True):
-        """The student and the parts' modules; the parts' own flags follow (the teacher stays in eval mode)."""
+        """The student and the parts' modules, through each part's own train() (the teacher stays in eval mode)."""
         super().train(mode)
         for part in self.part_methods:
-            part.training = mode
+            part.train(mode)
         return self
 
     def set_epoch(self, epoch):
@@ -174,8 +177,6 @@ class Combination(Distiller):
         return scalars
 
     def feature_losses(self, feat_s, feat_t, logits_s, logits_t, index, contrast_index, targets=None):
-        import torch
-
         losses, cast = {}, None
         for part in self.part_methods:
             extra = {"targets": targets} if part.needs_targets else {}
@@ -200,8 +201,6 @@ def beta_text(value):
 
 def beta_values(text):
     """'1+8' (or a sequence) -> [1.0, 8.0], each a number >= 0."""
-    from helper.options import non_negative_float
-
     items = split_parts(text) if isinstance(text, str) else list(text)
     try:
         return [non_negative_float(str(item)) for item in items]
@@ -211,13 +210,8 @@ def beta_values(text):
 
 def beta_weights(text):
     """argparse type of -b: one number >= 0, or one per part of a combination joined by '+' ('1+0.8')."""
-    from helper.options import non_negative_float
-
-    if SEPARATOR in str(text):
-        values = []
-        for item in split_parts(text):
-            values.append(non_negative_float(item))  # ValueError -> argparse's one-line message
-        return tuple(values)
+    if SEPARATOR in str(text):  # a ValueError of any part -> argparse's one-line message
+        return tuple(non_negative_float(item) for item in split_parts(text))
     return non_negative_float(text)
 
 

@@ -18,6 +18,15 @@ from .registry import add_argument_once, register
 DKD_BETA = {("resnet56", "resnet20"): 2.0, ("resnet110", "resnet32"): 2.0, ("vgg13", "vgg8"): 6.0,
             ("wrn_40_2", "wrn_16_2"): 6.0, ("wrn_40_2", "wrn_40_1"): 6.0, ("vgg13", "MobileNetV2"): 6.0}
 DKD_DEFAULT_BETA = 8.0
+# mdistiller's configs/imagenet/{r34_r18,r50_mv1}/dkd.yaml: beta per pair (0.5 for any other), T 1, warm-up 1 epoch
+DKD_BETA_IMAGENET = {("resnet34", "resnet18"): 0.5, ("resnet34", "resnet18S"): 0.5, ("resnet50", "MobileNet"): 2.0}
+DKD_IMAGENET = {"beta": 0.5, "T": 1.0, "warmup": 1}
+DKD_CIFAR = {"T": 4.0, "warmup": 20}
+
+
+def _imagenet(opt):
+    """Whether the run is on ImageNet (mdistiller's ImageNet configs apply)."""
+    return getattr(opt, "dataset", None) == "imagenet"
 
 
 def _binary(probs, gt_mask, other_mask):
@@ -43,7 +52,11 @@ def dkd_loss(student_logits, teacher_logits, targets, alpha, beta, temperature, 
 
 @register("dkd")
 class DKD(Distiller):
-    """Decoupled KD on the logits: CE + warm-up * (alpha TCKD + beta NCKD); -b is beta (mdistiller's per pair)."""
+    """Decoupled KD on the logits: CE + warm-up * (alpha TCKD + beta NCKD); -b is beta (mdistiller's per pair).
+
+    CIFAR: T 4, a 20-epoch warm-up, beta 8/6/2 by pair; ImageNet (--dataset imagenet): T 1, a 1-epoch warm-up, beta
+    0.5 (resnet34->resnet18) or 2 (resnet50->MobileNet), as mdistiller's configs.
+    """
 
     defaults = {"gamma": 1.0, "alpha": 0.0, "beta": DKD_DEFAULT_BETA}
     losses_in_float32 = False  # it casts the two logit tensors it uses, not every feature map
@@ -60,10 +73,11 @@ class DKD(Distiller):
         # defaults None (resolved in build): runs from before these flags existed resume unchanged
         add_argument_once(parser, "--dkd_alpha", type=non_negative_float, default=None,
                           help="DKD: weight of the target-class term TCKD (default 1; -b is NCKD's beta)")
-        add_argument_once(parser, "--dkd_T", type=positive_float, default=None, help="DKD temperature (default 4)")
+        add_argument_once(parser, "--dkd_T", type=positive_float, default=None,
+                          help="DKD temperature (default 4; ImageNet 1)")
         add_argument_once(parser, "--dkd_warmup", type=non_negative_int, default=None,
                           help="DKD: epochs of the linear warm-up of its term, counted from epoch 1 (default 20; "
-                               "0: none)")
+                               "ImageNet 1; 0: none)")
         add_ls_arguments(parser)
 
     @classmethod
@@ -71,7 +85,8 @@ class DKD(Distiller):
         chosen = super().weights(opt)
         pair = (getattr(opt, "model_t", None), getattr(opt, "model_s", None))
         if getattr(opt, "beta", None) is None:
-            chosen["beta"] = DKD_BETA.get(pair, DKD_DEFAULT_BETA)
+            chosen["beta"] = (DKD_BETA_IMAGENET.get(pair, DKD_IMAGENET["beta"]) if _imagenet(opt)
+                              else DKD_BETA.get(pair, DKD_DEFAULT_BETA))
             if logit_standardize_on(opt):
                 chosen["beta"] = (ls_settings(opt, LS_DKD)[2:] or (chosen["beta"],))[0]
         return chosen
@@ -83,9 +98,11 @@ class DKD(Distiller):
         if weights.get("logit_standardize"):
             weights["ls_T"], ls_weight = ls_settings(opt, LS_DKD)[:2]
         given = {k: getattr(opt, k, None) for k in ("dkd_alpha", "dkd_T", "dkd_warmup")}
+        default = DKD_IMAGENET if _imagenet(opt) else DKD_CIFAR
         return cls(student, teacher, dkd_alpha=1.0 if given["dkd_alpha"] is None else given["dkd_alpha"],
-                   dkd_T=4.0 if given["dkd_T"] is None else given["dkd_T"],
-                   warmup=20 if given["dkd_warmup"] is None else given["dkd_warmup"], ls_weight=ls_weight, **weights)
+                   dkd_T=default["T"] if given["dkd_T"] is None else given["dkd_T"],
+                   warmup=default["warmup"] if given["dkd_warmup"] is None else given["dkd_warmup"],
+                   ls_weight=ls_weight, **weights)
 
     def set_epoch(self, epoch):
         self.epoch = epoch

@@ -262,3 +262,15 @@ def test_refusals_are_one_line(tiny_cifar, tmp_path, teacher_file, capsys, argv,
                                            "--save_root", str(tmp_path), "--model_s", "resnet8", *argv], capsys)
     assert message in err
     assert not (tmp_path / "student_model").exists()
+
+
+def test_dkd_imagenet_defaults_are_mdistillers_imagenet_configs():
+    for (model_t, model_s), beta in {("resnet34", "resnet18S"): 0.5, ("resnet50", "MobileNet"): 2.0}.items():
+        opt = options(dataset="imagenet", model_t=model_t, model_s=model_s)
+        assert METHODS["dkd"].weights(opt)["beta"] == beta
+        method = METHODS["dkd"].build(model_dict["resnet8"](num_classes=10), model_dict["resnet8"](num_classes=10),
+                                      opt, DATA)
+        assert (method.dkd_T, method.warmup, method.dkd_alpha, method.warmup_factor()) == (1.0, 1, 1.0, 1.0)
+    cifar = METHODS["dkd"].build(model_dict["resnet8"](num_classes=10), model_dict["resnet8"](num_classes=10),
+                                 options(dataset="cifar100"), DATA)
+    assert (cifar.dkd_T, cifar.warmup, cifar.beta) == (4.0, 20, 8.0)
