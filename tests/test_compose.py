@@ -77,6 +77,18 @@ def test_norm_crd_is_norm_plus_crd_bit_for_bit(alpha):
     assert official.logged_scalars() == combined.logged_scalars() == {"beta1": 0.5}
 
 
+def test_norm_plus_kd_is_norm_with_kds_weight_bit_for_bit():
+    teacher, student = _pair(4)
+    norm = METHODS["NORM"].build(student, teacher, options(alpha=0.9), DATA)
+    teacher2, student2 = _pair(4)
+    combined = method_class("NORM+kd").build(student2, teacher2, options(), DATA)
+    assert (combined.gamma, combined.alpha, combined.logit_scale) == (1.0, 0.9, 2.5)
+    for (losses_a, grads_a), (losses_b, grads_b) in zip(_steps(norm), _steps(combined)):
+        assert list(losses_a) == list(losses_b) == ["ce", "kd", "norm"]
+        assert all(torch.equal(losses_a[k], losses_b[k]) for k in losses_a)
+        assert all(torch.equal(grads_a[k], grads_b[k]) for k in grads_a)
+
+
 def test_norm_crd_keeps_its_weights_and_folder_name():
     opt = options(distill="NORM_CRD", model_t="resnet32x4", model_s="resnet8x4")
     weights = METHODS["NORM_CRD"].weights(opt)
