@@ -19,8 +19,8 @@ LS_BASE_T, LS_WEIGHT = 2.0, 9.0  # the reference's --base-temp and --kd-weight d
 # (teacher, student) -> (T, w) of KD+LS
 LS_KD = {
     ("ResNet50", "MobileNetV2"): (3.0, 1.0), ("resnet110", "resnet20"): (4.0, 12.0),
-    ("resnet32x4", "wrn_16_2"): (3.0, 9.0), ("resnet32x4", "wrn_40_2"): (3.0, 9.0), ("vgg13", "MobileNetV2"): (3.0, 9.0),
-    ("vgg13", "vgg8"): (3.0, 9.0), ("wrn_40_2", "MobileNetV2"): (3.0, 9.0),
+    ("resnet32x4", "wrn_16_2"): (3.0, 9.0), ("resnet32x4", "wrn_40_2"): (3.0, 9.0),
+    ("vgg13", "MobileNetV2"): (3.0, 9.0), ("vgg13", "vgg8"): (3.0, 9.0), ("wrn_40_2", "MobileNetV2"): (3.0, 9.0),
 }
 # (teacher, student) -> (T, w, DKD beta) of DKD+LS; a pair not listed takes (2, 9) and DKD's own beta
 LS_DKD = {

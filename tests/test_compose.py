@@ -93,7 +93,8 @@ def test_norm_crd_keeps_its_weights_and_folder_name():
     opt = options(distill="NORM_CRD", model_t="resnet32x4", model_s="resnet8x4")
     weights = METHODS["NORM_CRD"].weights(opt)
     assert (weights["gamma"], weights["alpha"], weights["beta"], weights["logit_scale"]) == (1.0, 0.0, 1.0, 2.5)
-    assert run_name(opt, weights, "cifar100") == "T_resnet32x4_S_resnet8x4_cifar100_NORM_CRD_r_1.0_a_0.0_b_1.0_c_2.5_s_2_0"
+    assert run_name(opt, weights, "cifar100") == ("T_resnet32x4_S_resnet8x4_cifar100_NORM_CRD_r_1.0_a_0.0_b_1.0_c_2.5"
+                                                  "_s_2_0")
     with pytest.raises(UsageError, match="NORM_CRD takes one -b"):
         METHODS["NORM_CRD"].weights(options(beta=(1.0, 2.0)))
 
@@ -124,7 +125,8 @@ def test_shared_and_per_part_weights(name, given, expected):
     weights = method_class(name).weights(opt)
     assert (weights["gamma"], weights["alpha"], weights["beta"], weights["logit_scale"]) == expected
     folder = run_name(opt, weights, "cifar100")
-    assert folder.startswith(f"T_resnet32x4_S_resnet8x4_cifar100_{name}_r_{expected[0]}_a_{expected[1]}_b_{expected[2]}_")
+    gamma, alpha, beta = expected[:3]
+    assert folder.startswith(f"T_resnet32x4_S_resnet8x4_cifar100_{name}_r_{gamma}_a_{alpha}_b_{beta}_")
     opt.beta = weights["beta"]  # the resolved value, as config.json keeps it, resolves to itself
     assert method_class(name).weights(opt)["beta"] == expected[2]
 
