@@ -104,6 +104,7 @@ class Combination(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
+        """Every part's own flags."""
         for part in cls.parts:
             part.add_arguments(parser)
 
@@ -136,6 +137,7 @@ class Combination(Distiller):
 
     @classmethod
     def weights(cls, opt):
+        """The first part's CE weight and logit scale, the largest KD weight, each part's beta ('1.0+8.0')."""
         parts = cls.part_weights(opt)
         chosen = dict(parts[0])
         chosen["alpha"] = max(w["alpha"] for w in parts)  # -a when given: every part resolved it to -a
@@ -146,6 +148,7 @@ class Combination(Distiller):
 
     @classmethod
     def build(cls, student, teacher, opt, data):
+        """Build every part on the same student and teacher, in order, each with its own -b."""
         parts = [part.build(student, teacher, cls.part_options(opt, i, w["beta"]), data)
                  for i, (part, w) in enumerate(zip(cls.parts, cls.part_weights(opt)))]
         return cls(student, teacher, parts, **cls.weights(opt))
@@ -167,16 +170,19 @@ class Combination(Distiller):
         return self
 
     def set_epoch(self, epoch):
+        """Every part's schedules."""
         for part in self.part_methods:
             part.set_epoch(epoch)
 
     def logged_scalars(self):
+        """Every part's per-epoch values."""
         scalars = {}
         for part in self.part_methods:
             scalars.update(part.logged_scalars())
         return scalars
 
     def feature_losses(self, feat_s, feat_t, logits_s, logits_t, index, contrast_index, targets=None):
+        """Every part's terms in order (float32 copies for the parts that ask), prefixed only on a clash."""
         losses, cast = {}, None
         for part in self.part_methods:
             extra = {"targets": targets} if part.needs_targets else {}

@@ -47,6 +47,7 @@ class DIST(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
+        """DIST's flags and those of --logit_standardize."""
         add_argument_once(parser, "--dist_tau", type=positive_float, default=None, help="DIST temperature (default 4)")
         add_argument_once(parser, "--dist_inter", type=non_negative_float, default=None,
                           help="DIST: weight of the inter-class (per sample) relation, the paper's beta (default 1)")
@@ -56,6 +57,7 @@ class DIST(Distiller):
 
     @classmethod
     def weights(cls, opt):
+        """The base weights; under --logit_standardize the DIST weight defaults to the reference's w."""
         chosen = super().weights(opt)
         if logit_standardize_on(opt) and getattr(opt, "beta", None) is None:
             chosen["beta"] = ls_settings(opt, LS_KD)[1]
@@ -63,6 +65,7 @@ class DIST(Distiller):
 
     @classmethod
     def build(cls, student, teacher, opt, data):
+        """DIST with its flags (tau: the base temperature under --logit_standardize)."""
         def given(name, default):
             value = getattr(opt, name, None)
             return default if value is None else value
@@ -73,6 +76,7 @@ class DIST(Distiller):
                    **weights)
 
     def feature_losses(self, feat_s, feat_t, logits_s, logits_t, index, contrast_index):
+        """{'dist': -b * L_dist} on the raw (or standardized) logits, in float32."""
         with torch.autocast(logits_s.device.type, enabled=False):
             loss = dist_loss(logits_s.float(), logits_t.float(), self.tau, self.inter, self.intra,
                              self.logit_standardize)

@@ -70,6 +70,7 @@ class DKD(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
+        """DKD's flags and those of --logit_standardize."""
         # defaults None (resolved in build): runs from before these flags existed resume unchanged
         add_argument_once(parser, "--dkd_alpha", type=non_negative_float, default=None,
                           help="DKD: weight of the target-class term TCKD (default 1; -b is NCKD's beta)")
@@ -82,6 +83,7 @@ class DKD(Distiller):
 
     @classmethod
     def weights(cls, opt):
+        """The base weights with beta = mdistiller's for the pair (DKD+LS's under --logit_standardize)."""
         chosen = super().weights(opt)
         pair = (getattr(opt, "model_t", None), getattr(opt, "model_s", None))
         if getattr(opt, "beta", None) is None:
@@ -93,6 +95,7 @@ class DKD(Distiller):
 
     @classmethod
     def build(cls, student, teacher, opt, data):
+        """DKD with its flags, or the dataset's reference defaults where they are not given."""
         weights = cls.weights(opt)
         ls_weight = None
         if weights.get("logit_standardize"):
@@ -105,6 +108,7 @@ class DKD(Distiller):
                    ls_weight=ls_weight, **weights)
 
     def set_epoch(self, epoch):
+        """Remember the epoch (1-based) for the warm-up."""
         self.epoch = epoch
 
     def warmup_factor(self):
@@ -116,6 +120,7 @@ class DKD(Distiller):
         return {"dkd_warmup": self.warmup_factor()}
 
     def feature_losses(self, feat_s, feat_t, logits_s, logits_t, index, contrast_index, targets=None):
+        """{'dkd': warm-up * (alpha TCKD + beta NCKD)} on the raw (or standardized) logits, in float32."""
         if self.logit_standardize:  # the reference multiplies alpha and beta by w and uses the base temperature
             alpha, beta, temperature = self.dkd_alpha * self.ls_weight, self.beta * self.ls_weight, self.ls_T
         else:

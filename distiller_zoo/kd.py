@@ -16,4 +16,5 @@ class KD(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
+        """The flags of --logit_standardize (KD+LS)."""
         add_ls_arguments(parser)
