@@ -93,6 +93,10 @@ class Distiller(Vanilla):
         scale = getattr(opt, "ceta", None)
         chosen["logit_scale"] = cls.default_logit_scale if scale is None else scale
         chosen["kd_T"] = getattr(opt, "kd_T", 4.0)
+        stray = [flag for flag in ("ls_T", "ls_weight") if getattr(opt, flag, None) is not None]
+        if stray and not logit_standardize_on(opt):
+            what = "temperature" if stray[0] == "ls_T" else "weight"
+            raise UsageError(f"--{stray[0]} sets --logit_standardize's {what}; add --logit_standardize or leave it out")
         if logit_standardize_on(opt):
             temperature, weight = ls_settings(opt, LS_KD)[:2]
             if getattr(opt, "alpha", None) is None and chosen.get("alpha", 0) > 0:

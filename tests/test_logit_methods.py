@@ -254,6 +254,7 @@ def test_standardized_dkd_and_dist_train_one_epoch(tiny_cifar, tmp_path, teacher
     (["--distill", "hint", "--logit_standardize"], "--distill hint has none here"),
     (["--distill", "dkd", "-b", "1+2"], "-b 1.0+2.0 gives one weight per part of a combination, but --distill dkd "
                                         "has one part"),
+    (["--distill", "kd", "--ls_T", "3"], "--ls_T sets --logit_standardize's temperature; add --logit_standardize"),
     (["--distill", "dkd", "--dkd_warmup", "-1"], "argument --dkd_warmup: invalid integer >= 0 value: '-1'"),
     (["--distill", "dist", "--dist_tau", "0"], "argument --dist_tau: invalid number > 0 value: '0'"),
 ])
