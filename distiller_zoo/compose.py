@@ -13,7 +13,8 @@ One run, one loss: the shared terms once, then every part's own terms, in the or
 
 Refused (one line): an unknown or repeated part, a part that is itself a combination, a part with its own training
 step (a changed prediction path such as SimKD's, or an init stage such as AB's, FT's and FSP's: they override
-`forward`), and parts that read different features (pre-activation against post-activation).
+`forward`) or its own teacher forward (`teacher_forward`), and parts that read different features (pre-activation
+against post-activation): one student and one teacher forward serve all parts.
 """
 import argparse
 
@@ -82,6 +83,9 @@ def check_parts(name, parts):
         if part.forward is not Distiller.forward or getattr(part, "has_init_stage", False):
             raise UsageError(f"--distill {name}: {part.name} has its own training step (its own prediction path "
                              "or an init stage), so it cannot be combined with another method; run it alone")
+        if any(getattr(part, m) is not getattr(Distiller, m) for m in ("teacher_forward", "install_inference_teacher")):
+            raise UsageError(f"--distill {name}: {part.name} runs the teacher its own way (other features than the "
+                             "shared forward gives), so it cannot be combined with another method; run it alone")
     if len({part.preact for part in parts}) > 1:
         pre = [part.name for part in parts if part.preact]
         raise UsageError(f"--distill {name}: {', '.join(pre)} reads pre-activation features and the other parts "

@@ -195,6 +195,10 @@ def test_parts_reading_different_features_are_refused():
     pre = type("Pre", (_Part,), {"name": "pre", "preact": True})
     with pytest.raises(UsageError, match="pre reads pre-activation features"):
         check_parts("pre+kd", [pre, METHODS["kd"]])
+    check_parts("pre+other", [pre, type("Other", (_Part,), {"name": "other", "preact": True})])  # both: fine
+    own = type("Own", (_Part,), {"name": "own", "teacher_forward": lambda self, images: None})
+    with pytest.raises(UsageError, match="own runs the teacher its own way"):
+        check_parts("own+kd", [own, METHODS["kd"]])
 
 
 # ------------------------------------------------------------------ through the script
