@@ -3,6 +3,7 @@ import os
 import sys
 
 from distiller_zoo import METHODS, method_class, method_name
+from distiller_zoo.compose import beta_weights
 from .checkpoint import load_checkpoint, model_state
 from .data import load_datasets
 from .engine import validate
@@ -30,13 +31,15 @@ def student_parser(profile):
     g.add_argument("--model_t", default=None, help="teacher architecture (default: read from the checkpoint)")
     g.add_argument("--model_s", default=profile["model_s"], help="student architecture")
     g.add_argument("--distill", type=method_name, default="NORM",
-                   help=f"method, in any letter case: {', '.join(sorted(METHODS))}")
+                   help=f"method, in any letter case: {', '.join(sorted(METHODS))}; or several joined by '+' "
+                        "(e.g. NORM+dkd: the first part's CE and logit scale, each part's own terms)")
     g.add_argument("-r", "--gamma", type=non_negative_float, default=None,
                    help="weight of the cross-entropy (default: the method's, 1 for all)")
     g.add_argument("-a", "--alpha", type=non_negative_float, default=None,
                    help="weight of KD [paper: beta] (default: the method's, NORM 0; see README)")
-    g.add_argument("-b", "--beta", type=non_negative_float, default=None,
-                   help="weight of the method's loss [paper: alpha] (default: the method's, NORM 1)")
+    g.add_argument("-b", "--beta", type=beta_weights, default=None,
+                   help="weight of the method's loss [paper: alpha] (default: the method's, NORM 1); for A+B one "
+                        "per part joined by '+' (-b 1+8), a single number being the first part's")
     g.add_argument("-c", "--ceta", type=non_negative_float, default=None,
                    help="logit layer-norm scale for CE/KD (NORM default 2.5, others 0 = raw logits)")
     g.add_argument("--kd_T", type=positive_float, default=4.0, help="KD temperature")
@@ -49,8 +52,11 @@ def student_parser(profile):
 
 
 def run_name(opt, weights, dataset_tag):
-    """The official run-folder name T_{t}_S_{s}_{data}_{distill}_r_{r}_a_{a}_b_{b}_c_{c}_s_{N}_{trial}."""
-    return (f"T_{opt.model_t}_S_{opt.model_s}_{dataset_tag}_{opt.distill}_r_{weights['gamma']}_a_{weights['alpha']}"
+    """The official run-folder name T_{t}_S_{s}_{data}_{distill}_r_{r}_a_{a}_b_{b}_c_{c}_s_{N}_{trial}.
+
+    A combination's {b} has one weight per part ('1.0+8.0'); --logit_standardize adds '_LS' to {distill}."""
+    distill = f"{opt.distill}_LS" if weights.get("logit_standardize") else opt.distill
+    return (f"T_{opt.model_t}_S_{opt.model_s}_{dataset_tag}_{distill}_r_{weights['gamma']}_a_{weights['alpha']}"
             f"_b_{weights['beta']}_c_{weights['logit_scale']}_s_{opt.co_sponge}_{opt.trial}")
 
 
