@@ -351,3 +351,29 @@ def test_summary_settings_name_a_non_default_simkd_factor():
     assert label_and_settings({"method": "simkd", "config": config}) == ("simkd", "r=0 a=0 b=1 f=4")
     config["simkd_factor"] = 2
     assert label_and_settings({"method": "simkd", "config": config}) == ("simkd", "r=0 a=0 b=1")
+
+
+@pytest.mark.parametrize("method", ["simkd", "semckd"])
+def test_interrupted_and_resumed_run_is_bit_identical(tiny_cifar, teacher_file, tmp_path, monkeypatch, capsys,
+                                                      method):
+    """The projector (inside SimKD's student) and SemCKD's attention resume exactly, mid-epoch."""
+    from tests.test_resume import assert_same, interrupt_after
+
+    teacher = teacher_file("resnet8")
+    args = ["--path_t", teacher, "--model_t", "resnet8", "--model_s", "resnet8", "--distill", method, "--epochs", "2",
+            "--batch_size", "24", "--num_workers", "0", "--seed", "7", "--deterministic", "--data_root", tiny_cifar]
+
+    def final(save, *extra):
+        summary = train_cifar_student.main([*args, "--save_root", str(save), *extra])
+        ckpt = load_checkpoint(os.path.join(summary["run"], "resnet8_last.pth"))
+        return ckpt["model"], ckpt["method"], ckpt["optimizer"]["state"]
+
+    whole = final(tmp_path / "whole")
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 2)
+        with pytest.raises(SystemExit):
+            final(tmp_path / "cut")
+    capsys.readouterr()
+    for got, expected in zip(final(tmp_path / "cut", "--resume"), whole):
+        assert_same(got, expected)
+    assert is_simkd_state(whole[0]) == (method == "simkd") and bool(whole[1]) == (method == "semckd")
