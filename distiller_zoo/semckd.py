@@ -113,7 +113,7 @@ def process_batch(batch_size):
 
 @register("semckd")
 class SemCKD(Distiller):
-    """SemCKD: CE + KD + beta * attention-weighted MSE over all (student stage, teacher stage) pairs; -r 1 -a 1 -b 400."""
+    """SemCKD: CE + KD + beta * attention-weighted MSE over every (student stage, teacher stage) pair."""
 
     defaults = {"gamma": 1.0, "alpha": 1.0, "beta": 400.0}
 

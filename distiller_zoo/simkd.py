@@ -17,6 +17,7 @@ probe and refused when its classifier does not pool `feat_t[-2]`.
 import torch
 import torch.nn.functional as F
 
+from helper.options import positive_int
 from models.cifar.shufflenetv2 import ShuffleV2
 from models.cifar.wrn import WideResNet
 from models.norm import probe_features
@@ -80,14 +81,12 @@ class SimKD(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
-        add_argument_once(parser, "--simkd_factor", type=int, default=2,
+        add_argument_once(parser, "--simkd_factor", type=positive_int, default=2,
                           help="SimKD: projector bottleneck C_t / factor (reference -f, default 2)")
 
     @classmethod
     def build(cls, student, teacher, opt, data):
         factor = getattr(opt, "simkd_factor", 2)
-        if factor < 1:
-            raise ValueError(f"--simkd_factor must be at least 1, got {factor}")
         feat_s = probe_features(student, data["image_size"], data["in_channels"])
         _, teacher_map = check_pooled_map(teacher, data["image_size"], data["in_channels"])
         if feat_s[-2].dim() != 4:
