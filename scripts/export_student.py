@@ -137,8 +137,10 @@ def cost_report(opt, config, zoo, model, deployed, name, image_size):
     teacher_name, teacher = report_teacher(opt, config, zoo, num_classes)
     shape = (1, 3, image_size, image_size)
     kept = " + FT as one 1x1 conv" if deployed.kind == "kept_ft" else ""
+    trained = ("student as trained (with projector and the teacher's classifier)" if deployed.kind == "simkd" else
+               "student as trained (with FT)")
     rows = deploy.cost_rows([(teacher_name, "teacher", teacher),
-                             (name, "student as trained (with FT)", model),
+                             (name, trained, model),
                              (name + kept, "deployed student", deployed.module)], shape)
     return deploy.cost_table(rows, shape)
 

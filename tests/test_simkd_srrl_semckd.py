@@ -306,8 +306,10 @@ def test_simkd_student_evaluates_and_exports_with_the_same_predictions(tiny_cifa
     torch.testing.assert_close(state["classifier.weight"], load_checkpoint(teacher)["model"]["fc.weight"])
 
     out = tmp_path / "deploy" / "simkd.pth"
-    export_student.main(["--path", best, "--format", "both", "--out", str(out)])
-    assert "SimKD student deploys as wrn_16_2 + its projector" in capsys.readouterr().out
+    export_student.main(["--path", best, "--format", "both", "--out", str(out), "--report"])
+    printed = capsys.readouterr().out
+    assert "SimKD student deploys as wrn_16_2 + its projector" in printed
+    assert "| wrn_16_2 | student as trained (with projector and the teacher's classifier) |" in printed
     results = {path: evaluate_student.main(["--path", path, "--data_root", tiny_cifar, *QUIET])
                for path in (best, str(out), str(out.with_suffix(".onnx")))}
     for result in results.values():
