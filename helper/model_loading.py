@@ -158,7 +158,7 @@ def load_simkd_student(zoo, state, path, model_s, checkpoint, config):
                          "architecture it was trained with") from None
     saved = checkpoint.get("best_acc", checkpoint.get("accuracy"))
     info = {"model_s": model_s, "n": None, "ft": "none", "dataset": config.get("dataset"),
-            "saved_accuracy": None if saved is None else plain_number(saved), "simkd": True}
+            "saved_accuracy": None if saved is None else plain_number(saved)}
     return model, info
 
 
