@@ -119,7 +119,9 @@ def student_main(argv, profile):
             method = cls.build(student, teacher, opt, data)
         except ValueError as err:
             raise UsageError(f"--distill {opt.distill} cannot distill {opt.model_t} into {opt.model_s}: {err}")
-        trainer = Trainer(method, student, opt, runtime, run_dir=run_dir, name=opt.model_s, store=store,
+        # method.student, not student: a method may wrap it (SimKD's student predicts through the teacher's
+        # classifier), and validation and the checkpoints must hold the model as it predicts
+        trainer = Trainer(method, method.student, opt, runtime, run_dir=run_dir, name=opt.model_s, store=store,
                           train_set=train_set, val_set=val_set, record={"teacher": opt.model_t, "student": opt.model_s,
                                                    "method": opt.distill, "dataset": opt.dataset,
                                                    "trial": opt.trial})

@@ -46,6 +46,11 @@ def norm_student_kind(state):
 
 def check_plain_state(state, path, zoo, num_classes, flag):
     """Refuse a NORM student's state (transform included) where a plain model is expected; say how to make one."""
+    from models.simkd import is_simkd_state
+
+    if is_simkd_state(state):
+        raise UsageError(f"{path} is a SimKD student (backbone + projector + a teacher's classifier), not a plain "
+                         f"model for {flag}")
     kind = norm_student_kind(state)
     if kind is None:
         return
@@ -118,6 +123,7 @@ def load_student(zoo, checkpoint, path, *, model_s=None, num_classes=None, n=Non
     Returns (model, info) where info holds the resolved model_s, n, ft, dataset and the stored accuracy.
     """
     from models.norm import attach_feature_transform
+    from models.simkd import is_simkd_state
     from .convert import convert_official_student, transform_width
 
     config = checkpoint_config(checkpoint)
@@ -127,6 +133,8 @@ def load_student(zoo, checkpoint, path, *, model_s=None, num_classes=None, n=Non
     n = n or config.get("co_sponge") or 8
     ft = ft or config.get("ft") or "residual"
     state = model_state(checkpoint, path)
+    if is_simkd_state(state):  # SimKD's student predicts through its projector and the teacher's classifier
+        return load_simkd_student(zoo, state, path, model_s, checkpoint, config)
     if official:
         # official students skip their FT at N == 1, except the ImageNet MobileNet
         state = convert_official_student(state, ft_bypassed=(n == 1 and model_s != "MobileNet"))
@@ -146,6 +154,28 @@ def load_student(zoo, checkpoint, path, *, model_s=None, num_classes=None, n=Non
     load_strict(model, state, name=model_s, path=path, zoo=zoo, num_classes=num_classes, flag="--model_s")
     saved = checkpoint.get("best_acc", checkpoint.get("accuracy"))
     info = {"model_s": model_s, "n": n, "ft": ft if width is not None else "none", "dataset": config.get("dataset"),
+            "saved_accuracy": None if saved is None else plain_number(saved)}
+    return model, info
+
+
+def load_simkd_student(zoo, state, path, model_s, checkpoint, config):
+    """(SimKDStudent, info) from a SimKD student's state dict (models/simkd.py documents the layout)."""
+    from models.simkd import simkd_student_from_state
+
+    def backbone(num_classes):
+        return build_model(zoo, model_s, num_classes, "--model_s")
+
+    try:
+        model = simkd_student_from_state(backbone, state)
+    except ValueError as err:
+        raise UsageError(f"{path}: {err}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError:
+        raise UsageError(f"{path} is a SimKD student whose backbone does not fit --model_s {model_s}; pass the "
+                         "architecture it was trained with") from None
+    saved = checkpoint.get("best_acc", checkpoint.get("accuracy"))
+    info = {"model_s": model_s, "n": None, "ft": "none", "dataset": config.get("dataset"),
             "saved_accuracy": None if saved is None else plain_number(saved)}
     return model, info
 

@@ -2,7 +2,8 @@
 
 python scripts/export_student.py --path save/student_model/<run>/resnet8x4_best.pth --out resnet8x4_deploy.pth
 python scripts/export_student.py --path <run>/resnet8x4_best.pth --onnx resnet8x4.onnx --report --model_t resnet32x4
-The .pth loads strictly into `models.model_dict[model_s](num_classes=...)` (RepDistiller's {'model': ...} format);
+The .pth loads strictly into `models.model_dict[model_s](num_classes=...)` (RepDistiller's {'model': ...} format;
+a SimKD student's is a models.simkd.SimKDStudent state dict: backbone, projector and the teacher's classifier);
 the .onnx has a dynamic batch axis. Every output is checked on a fixed batch of images in the dataset's test format
 against the student with its transform (the .onnx by ONNX Runtime on CPU) and written only when it agrees.
 """
@@ -136,8 +137,10 @@ def cost_report(opt, config, zoo, model, deployed, name, image_size):
     teacher_name, teacher = report_teacher(opt, config, zoo, num_classes)
     shape = (1, 3, image_size, image_size)
     kept = " + FT as one 1x1 conv" if deployed.kind == "kept_ft" else ""
+    trained = ("student as trained (with projector and the teacher's classifier)" if deployed.kind == "simkd" else
+               "student as trained (with FT)")
     rows = deploy.cost_rows([(teacher_name, "teacher", teacher),
-                             (name, "student as trained (with FT)", model),
+                             (name, trained, model),
                              (name + kept, "deployed student", deployed.module)], shape)
     return deploy.cost_table(rows, shape)
 
@@ -194,6 +197,9 @@ def export(opt):
         write_bytes_atomic(data, onnx_path)
         lines.append(f"wrote {onnx_path} (ONNX opset {deploy.OPSET}, dynamic batch axis, checked by ONNX Runtime "
                      f"on CPU at batch {images.shape[0]} and 1); {deploy.describe(onnx_check, deploy.ONNX_TOLERANCE)}")
+    if deployed.kind == "simkd":
+        lines.append(f"note: a SimKD student deploys as {name} + its projector + the teacher's classifier "
+                     "(models.simkd.SimKDStudent; the .pth is its state dict, which evaluate_student.py loads)")
     if variant and pt_path:
         lines.append("note: load the .pth into MobileNetV2(num_classes=..., norm_student=True), NORM's student "
                      "variant without ReLU after conv1 and conv2")

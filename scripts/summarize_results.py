@@ -95,6 +95,8 @@ def label_and_settings(record):
         parts.append(f"N={config['co_sponge']}")
     if method == "NORM_CRD" and _number(config.get("crd_weight")) and config["crd_weight"] != 2.5:
         parts.append(f"crd={_fmt_number(config['crd_weight'])}")
+    if method == "simkd" and _number(config.get("simkd_factor")) and config["simkd_factor"] != 2:
+        parts.append(f"f={config['simkd_factor']}")  # the projector's bottleneck (the reference's -f)
     if norm and config.get("norm_schedule") not in (None, "official"):
         parts.append(f"β1 {config['norm_schedule']}")
     return label, " ".join(parts)
