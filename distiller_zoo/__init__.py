@@ -1,6 +1,6 @@
 """Distillation methods: one module per method, selected by `--distill NAME` through the registry."""
 from . import (abound, attention, correlation, crd, factor, fsp, hint, kd, kdsvd,  # noqa: F401 - importing
-               norm, nst, pkt, rkd, similarity, vid)  # registers the methods
+               norm, nst, ofd, pkt, reviewkd, rkd, similarity, vid)  # registers the methods
 from .base import Distiller, Vanilla, kd_loss, normalize_logits
 from .registry import METHODS, register
 
