@@ -241,9 +241,14 @@ REVIEW_TABLES = {
     ("resnet32x4", "ShuffleV2"): ([116, 232, 464, 1024], [64, 128, 256, 256], [32, 16, 8, 1]),
     # the original's vgg row (its vgg backbone is commented out, so neither reference runs it): the same rule
     ("vgg13", "vgg8"): ([128, 256, 512, 512, 512], [128, 256, 512, 512, 512], [16, 8, 4, 4, 1]),
+    # further rows of the original's table (not paper pairs), reproduced by the same rule
+    ("wrn_40_2", "ShuffleV1"): ([240, 480, 960, 960], [32, 64, 128, 128], [32, 16, 8, 1]),
+    ("vgg13", "MobileNetV2"): ([12, 16, 48, 160, 1280], [128, 256, 512, 512, 512], [16, 8, 4, 4, 1]),
+    ("ResNet50", "MobileNetV2"): ([12, 16, 48, 160, 1280], [256, 512, 1024, 2048, 2048], [32, 16, 8, 4, 1]),
 }
 REVIEW_WEIGHTS = {("resnet32x4", "resnet8x4"): 5.0, ("wrn_40_2", "wrn_16_2"): 5.0, ("resnet56", "resnet20"): 0.6,
-                  ("resnet32x4", "ShuffleV2"): 8.0, ("vgg13", "vgg8"): 5.0, ("resnet110", "resnet32"): 1.0}
+                  ("resnet32x4", "ShuffleV2"): 8.0, ("vgg13", "vgg8"): 5.0, ("resnet110", "resnet32"): 1.0,
+                  ("wrn_40_2", "ShuffleV1"): 5.0, ("vgg13", "MobileNetV2"): 5.0, ("ResNet50", "MobileNetV2"): 5.0}
 
 
 @pytest.mark.parametrize("pair", sorted(REVIEW_TABLES))
