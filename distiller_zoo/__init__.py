@@ -1,6 +1,6 @@
 """Distillation methods: one module per method, selected by `--distill NAME` through the registry."""
 from . import (abound, attention, correlation, crd, dist, dkd, factor, fsp, hint, kd,  # noqa: F401 - importing
-               kdsvd, norm, nst, pkt, rkd, semckd, similarity, simkd, srrl, vid)  # registers the methods
+               kdsvd, norm, nst, ofd, pkt, reviewkd, rkd, semckd, similarity, simkd, srrl, vid)  # registers them
 from .compose import combination_class, canonical_name, is_combination
 from .base import Distiller, Vanilla, kd_loss, normalize_logits
 from .registry import METHODS, register

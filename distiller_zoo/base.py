@@ -66,6 +66,7 @@ class Distiller(Vanilla):
     """
 
     preact = False  # AB asks for pre-activation features
+    teacher_preact = None  # the teacher's `preact` when it differs from the student's (ReviewKD); None: `preact`
     defaults = {"gamma": 1.0, "alpha": 0.0, "beta": 0.0}  # RepDistiller's script weights, per method
     default_logit_scale = 0.0  # NORM's logit layer-norm is opt-in for the baselines (-c 2.5 turns it on)
     # Under AMP, feature_losses gets float32 copies and runs outside autocast: half precision overflows in the
@@ -133,7 +134,8 @@ class Distiller(Vanilla):
         from helper.teacher_inference import InferenceTeacher
 
         self.inference_teacher = None
-        self.inference_teacher = InferenceTeacher(self.teacher, example, preact=self.preact, **options)
+        self.inference_teacher = InferenceTeacher(self.teacher, example, preact=self.teacher_preact_features(),
+                                                  **options)
         return self.inference_teacher
 
     def train(self, mode=True):
@@ -142,12 +144,16 @@ class Distiller(Vanilla):
         self.teacher.eval()
         return self
 
+    def teacher_preact_features(self):
+        """Whether the teacher's features are taken before the last ReLU (`teacher_preact`, else `preact`)."""
+        return self.preact if self.teacher_preact is None else self.teacher_preact
+
     def teacher_forward(self, images):
         """Teacher features and logits, without gradients (from the inference copy when one is installed)."""
         if self.inference_teacher is not None:
             return self.inference_teacher(images)
         with torch.no_grad():
-            return self.teacher(images, is_feat=True, preact=self.preact)
+            return self.teacher(images, is_feat=True, preact=self.teacher_preact_features())
 
     def forward(self, images, targets, index=None, contrast_index=None):
         feat_s, logits_s = self.student(images, is_feat=True, preact=self.preact)
