@@ -13,8 +13,9 @@ One run, one loss: the shared terms once, then every part's own terms, in the or
 
 Refused (one line): an unknown or repeated part, a part that is itself a combination, a part with its own training
 step (a changed prediction path such as SimKD's, or an init stage such as AB's, FT's and FSP's: they override
-`forward`) or its own teacher forward (`teacher_forward`), and parts that read different features (pre-activation
-against post-activation): one student and one teacher forward serve all parts.
+`forward`) or its own teacher forward (`teacher_forward`), and parts that read different student features
+(pre-activation against post-activation): one student forward serves all parts. Parts that read different teacher
+features (ReviewKD's pre-activation maps beside NORM's) get one teacher forward per kind.
 """
 import argparse
 
@@ -88,8 +89,13 @@ def check_parts(name, parts):
                              "shared forward gives), so it cannot be combined with another method; run it alone")
     if len({part.preact for part in parts}) > 1:
         pre = [part.name for part in parts if part.preact]
-        raise UsageError(f"--distill {name}: {', '.join(pre)} reads pre-activation features and the other parts "
-                         "post-activation ones; one network forward cannot serve both")
+        raise UsageError(f"--distill {name}: {', '.join(pre)} reads pre-activation features of the student and the "
+                         "other parts post-activation ones; one student forward cannot serve both")
+
+
+def teacher_mode(part):
+    """Whether `part` reads the teacher's features before the last ReLU (its `teacher_preact`, else `preact`)."""
+    return part.preact if part.teacher_preact is None else part.teacher_preact
 
 
 class Combination(Distiller):
@@ -102,6 +108,10 @@ class Combination(Distiller):
         super().__init_subclass__(**kwargs)
         if cls.parts:
             cls.preact = cls.parts[0].preact
+            # the teacher's feature kinds the parts read, the first part's first: served by one teacher forward each
+            # (ReviewKD reads the teacher's pre-activation maps, NORM its post-activation ones)
+            cls.teacher_modes = tuple(dict.fromkeys(teacher_mode(part) for part in cls.parts))
+            cls.teacher_preact = cls.teacher_modes[0]
             cls.needs_contrast = any(part.needs_contrast for part in cls.parts)
             cls.needs_targets = any(part.needs_targets for part in cls.parts)
             cls.kd_style_terms = any(part.kd_style_terms for part in cls.parts)
@@ -173,6 +183,16 @@ class Combination(Distiller):
             part.train(mode)
         return self
 
+    def teacher_forward(self, images):
+        """The teacher's features of the first part's kind and its logits; the features of any other kind a part
+        reads come from one more forward of the teacher module, kept for this step's `feature_losses`."""
+        feat_t, logits_t = super().teacher_forward(images)
+        self._other_teacher_features = {}
+        for mode in self.teacher_modes[1:]:
+            with torch.no_grad():
+                self._other_teacher_features[mode] = self.teacher(images, is_feat=True, preact=mode)[0]
+        return feat_t, logits_t
+
     def set_epoch(self, epoch):
         """Every part's schedules."""
         for part in self.part_methods:
@@ -187,17 +207,19 @@ class Combination(Distiller):
 
     def feature_losses(self, feat_s, feat_t, logits_s, logits_t, index, contrast_index, targets=None):
         """Every part's terms in order (float32 copies for the parts that ask), prefixed only on a clash."""
-        losses, cast = {}, None
+        losses, cast = {}, {}
         for part in self.part_methods:
             extra = {"targets": targets} if part.needs_targets else {}
+            mode = teacher_mode(part)
+            part_feat_t = feat_t if mode == self.teacher_modes[0] else self._other_teacher_features[mode]
             if part.losses_in_float32:
-                if cast is None:
-                    cast = ([f.float() for f in feat_s], [f.float() for f in feat_t], logits_s.float(),
-                            logits_t.float())
+                if mode not in cast:
+                    cast[mode] = ([f.float() for f in feat_s], [f.float() for f in part_feat_t], logits_s.float(),
+                                  logits_t.float())
                 with torch.autocast(logits_s.device.type, enabled=False):
-                    terms = part.feature_losses(*cast, index, contrast_index, **extra)
+                    terms = part.feature_losses(*cast[mode], index, contrast_index, **extra)
             else:
-                terms = part.feature_losses(feat_s, feat_t, logits_s, logits_t, index, contrast_index, **extra)
+                terms = part.feature_losses(feat_s, part_feat_t, logits_s, logits_t, index, contrast_index, **extra)
             for name, value in terms.items():
                 clash = name in losses or name in ("ce", "kd")
                 losses[f"{part.name}_{name}" if clash else name] = value

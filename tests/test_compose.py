@@ -248,3 +248,34 @@ def test_combinations_that_cannot_work_are_refused_in_one_line(tiny_cifar, tmp_p
                                            distill, *extra], capsys)
     assert message in err
     assert not (tmp_path / "student_model").exists()
+
+
+def test_norm_plus_reviewkd_gives_each_part_the_teacher_features_it_reads():
+    # NORM matches the teacher's post-activation map, ReviewKD its pre-activation maps: one teacher forward each
+    teacher, student = _pair(4)
+    method = method_class("NORM+reviewkd").build(student, teacher, options(reviewkd_warmup=20.0), DATA)
+    method.set_epoch(11)  # NORM's beta1 0.5; ReviewKD's warm-up (11 - 1) / 20
+    method.train()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 3, 5, 9])
+    _, losses = method(x, y)
+    assert list(losses) == ["ce", "norm", "reviewkd"]
+    with torch.no_grad():
+        post, _ = teacher(x, is_feat=True)
+        pre, _ = teacher(x, is_feat=True, preact=True)
+    assert not torch.equal(post[-2], pre[-2])  # the two kinds differ, so a mix-up would show
+    feat_s, z_s = student(x, is_feat=True)
+    norm = 2 * ((feat_s[-2] - post[-2].repeat(1, 2, 1, 1)) ** 2).mean()
+    torch.testing.assert_close(losses["norm"], 1.0 * 0.5 * norm)
+    reviewkd = method.part_methods[1]
+    expected = reviewkd.feature_losses(feat_s, pre, z_s, None, None, None)["reviewkd"]
+    torch.testing.assert_close(losses["reviewkd"], expected)
+    assert losses["reviewkd"] > 0
+
+
+def test_norm_plus_reviewkd_trains_through_the_script_with_the_inference_teacher(tiny_cifar, tmp_path, teacher_file,
+                                                                                  capsys):
+    summary = run_student(tiny_cifar, tmp_path, teacher_file("resnet20"), "resnet20", "resnet8", "--distill",
+                          "NORM+reviewkd", "-s", "2", "--batch_size", "32")
+    assert summary["method"] == "NORM+reviewkd" and "_NORM+reviewkd_" in os.path.basename(summary["run"])
+    first_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1 ["))
+    assert " norm " in first_line and " reviewkd " in first_line
