@@ -329,6 +329,21 @@ def test_summary_groups_labels_and_statistics(results):
     assert rows["kd"]["paper"] is None and rows["kd"]["settings"] == "r=0.1 a=0.9 b=0"
 
 
+def test_summary_puts_each_methods_published_number_beside_ours(tmp_path):
+    rows = [record("resnet32x4", "resnet8x4", "dkd", 1, 76.0, 75.5, gamma=1.0, alpha=0.0, beta=8.0),
+            record("vgg13", "vgg8", "kd", 1, 74.0, 73.0, gamma=0.1, alpha=9.0, logit_standardize=True),
+            record("resnet56", "resnet20", "simkd", 1, 70.0, 70.0, gamma=0.0, alpha=0.0, beta=1.0),
+            record("resnet32x4", "ShuffleV2", "reviewkd", 1, 77.0, 77.0, gamma=1.0, alpha=0.0, beta=8.0)]
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = summarize(path, "--json")
+    assert out.returncode == 0, out.stderr
+    paper = {(r["student"], r["method"]): r["paper"] for r in json.loads(out.stdout)}
+    # DKD: mdistiller's README; KD+LS: the logit-standardization README; SimKD publishes nothing for resnet20
+    assert paper == {("resnet8x4", "dkd"): 76.32, ("vgg8", "kd+LS"): 74.36, ("resnet20", "simkd"): None,
+                     ("ShuffleV2", "reviewkd"): 77.78}
+
+
 def test_summary_markdown_and_last_column(results):
     out = summarize(results)
     assert out.returncode == 0, out.stderr
