@@ -15,9 +15,12 @@ def save_atomic(obj, path):
     """torch.save `obj` to `path` atomically (temporary file, fsync, rename); `path` is untouched on failure."""
     # Serialised in memory first, then written as plain bytes: torch's zip writer reports a short write (a full disk)
     # as "unexpected pos ...", a plain write as ENOSPC, which the one-line error names.
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    _write_atomic(path, lambda handle: handle.write(buffer.getbuffer()))
+    def write(handle):
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        handle.write(buffer.getbuffer())
+
+    _write_atomic(path, write)
 
 
 def load_checkpoint(path):
