@@ -315,3 +315,15 @@ def test_a_cuda_run_still_saves_and_restores_its_cuda_rng_state(monkeypatch):
     assert torch.equal(state["cuda"], torch.ones(4))
     runtime_module.set_rng_state(state)
     assert calls == [("get", 0), ("set", 0)]
+
+
+def test_rkd_distance_potential_reads_nothing_on_the_host_and_keeps_its_value():
+    from distiller_zoo.rkd import distance_potential, pairwise_distances
+
+    x = torch.randn(6, 5, generator=torch.Generator().manual_seed(0))
+    with HostSyncCounter() as counter:
+        got = distance_potential(x)
+    assert counter.calls == []  # before: d[d > 0] (a nonzero, which waits for the GPU) every step
+    d = pairwise_distances(x)
+    off_diagonal = [d[i, j].item() for i in range(6) for j in range(6) if i != j]
+    assert torch.allclose(got, d / (sum(off_diagonal) / len(off_diagonal)), rtol=1e-6)
