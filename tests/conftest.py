@@ -17,6 +17,7 @@ torch.set_num_threads(1)  # tiny tensors: threads cost more than they give
 def pytest_configure(config):
     """Register this suite's markers (they run in the normal suite; -m selects them)."""
     config.addinivalue_line("markers", "fake_cuda: device placement on a fake CUDA device (tests/fake_cuda.py)")
+    config.addinivalue_line("markers", "on_device: needs $GPU_CHECK_DEVICE (benchmarks/gpu_check.sh runs them)")
 
 
 @pytest.fixture(scope="session")
