@@ -3,7 +3,7 @@
 - a resume overwrote SGD's operational `fused` flag with the checkpoint's;
 - the teacher's BatchNorm fold was checked in TF32 (cuDNN's default for fp32 convolutions) and refused;
 - `--gids a,b --resume` after a kill before the first checkpoint was checked against world size 1;
-- host synchronisations in the step (GradScaler's unfused step, the DDP stop check);
+- host synchronisations in the step (GradScaler's unfused step, the DDP stop check, RKD's masked mean);
 - `--gids` ids meant visible indices for one id and physical ids for several;
 - a `--device cpu` run created a CUDA context (RNG state) when a GPU was present.
 """
