@@ -135,12 +135,14 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:K")
     g.add_argument("--gids", type=gpu_ids, default=None,
                    help="the official GPU ids, e.g. 0,1,2,3: one id runs on that GPU, several start DDP over them "
-                        "(one process each, as torchrun; --batch_size stays the global batch)")
+                        "(one process each, as torchrun; --batch_size stays the global batch); ids index the GPUs "
+                        "this command sees (CUDA_VISIBLE_DEVICES), as cuda:K does")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
     g.add_argument("--channels_last", action="store_true", help="channels-last memory format")
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume on CPU)")
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across DDP ranks")
-    g.add_argument("--fused_sgd", action="store_true", help="fused SGD kernel (CUDA)")
+    g.add_argument("--fused_sgd", action="store_true",
+                   help="fused SGD kernel (CUDA; always used with --amp fp16 there, which then syncs no step)")
     g.add_argument("--compile", action="store_true", help="torch.compile the student and the teacher")
     g.add_argument("--no_inference_teacher", action="store_true", help="run the teacher module itself in the step "
                    "(default: a BatchNorm-folded copy in its measured memory format, same outputs up to rounding)")

@@ -17,6 +17,7 @@ from .distributed import (StageWrapper, broadcast_from_rank0, check_sync_bn, gat
 from .engine import Interrupted, NonFiniteLoss, train_one_epoch, validate
 from .event_log import EventLog
 from .errors import UsageError
+from .launch import parse_gids
 from .run_store import RunStore, git_commit, plain_config
 from .runtime import ranks_done
 from .schedule import learning_rate, set_learning_rate
@@ -38,6 +39,8 @@ def prepare_run_dir(run_dir, name, opt):
     """The run's store, checked before anything is loaded (the folder is locked when it exists; nothing is created)."""
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 and getattr(opt, "gids", None):  # the --gids parent: its command runs in len(ids) processes
+        world = len(parse_gids(opt.gids))
     store = RunStore(run_dir, name, resume=opt.resume, is_main=rank == 0, save_root=opt.save_root)
     per_process_batch(opt.batch_size, world)  # refused before anything loads
     store.check(run_config(opt, world))
@@ -91,7 +94,8 @@ class Trainer:
         self.init_optimizer = self.init_scaler = None
         if self.two_stage:
             self.init_optimizer = torch.optim.SGD(method.init_stage_parameters(), lr=method.init_learning_rate(opt),
-                                                  momentum=opt.momentum, weight_decay=opt.weight_decay)
+                                                  momentum=opt.momentum, weight_decay=opt.weight_decay,
+                                                  **_sgd_speed_options(runtime, opt))
             self.init_scaler = runtime.grad_scaler()  # its own: the init stage's loss has another scale
         self.wrapper = StageWrapper(method, runtime, sync_bn)
         self.train_loader = make_train_loader(train_set, opt, runtime, self.batch)
@@ -161,7 +165,9 @@ class Trainer:
             self.init = Stage() if self.two_stage else None
         for key, part in self.stateful_parts().items():
             if part is not None and ckpt.get(key):
+                chosen = command_line_options(part)  # a loaded optimizer keeps this command's kernels
                 part.load_state_dict(ckpt[key])
+                restore_options(part, chosen)
         match_parameter_layouts(self.optimizer)
         self.best_acc, self.history = plain_number(ckpt["best_acc"]), list(ckpt.get("history", []))
         if self.init is None and hasattr(self.method, "set_stage"):
@@ -404,6 +410,27 @@ def make_train_loader(train_set, opt, runtime, batch):
     return train_loader(train_set, batch, opt.seed, runtime, workers)
 
 
+# Param-group options that choose how the step runs, not what it computes: they come from the command line (and the
+# device), never from the checkpoint. Optimizer.load_state_dict copies every saved option; a run saved without fused
+# SGD and resumed with --fused_sgd --amp fp16 would otherwise step unfused while the scaler hands it grad_scale.
+OPERATIONAL_GROUP_OPTIONS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def command_line_options(part):
+    """The operational options of each param group of an optimizer (`part`), or None for other stateful parts."""
+    if not isinstance(part, torch.optim.Optimizer):
+        return None
+    return [{key: group[key] for key in OPERATIONAL_GROUP_OPTIONS if key in group} for group in part.param_groups]
+
+
+def restore_options(part, chosen):
+    """Put back what `command_line_options` read before a load_state_dict."""
+    if chosen is None:
+        return
+    for group, options in zip(part.param_groups, chosen):
+        group.update(options)
+
+
 def match_parameter_layouts(optimizer):
     """Give every per-parameter state tensor (momentum) its parameter's memory layout, in place.
 
@@ -426,7 +453,10 @@ def compile_networks(*networks):
 
 
 def _sgd_speed_options(runtime, opt):
-    """Fused SGD on CUDA when asked for (--fused_sgd); foreach is PyTorch's default elsewhere."""
-    if getattr(opt, "fused_sgd", False) and runtime.device.type == "cuda":
+    """Fused SGD on CUDA when asked for (--fused_sgd) and always under fp16 there; foreach is PyTorch's default
+    elsewhere. Under fp16 the unfused step makes GradScaler read found_inf on the host every step (a sync); the fused
+    kernel takes the scale and found_inf as device tensors and skips an overflowed step itself."""
+    fp16 = runtime.amp_dtype is torch.float16
+    if (getattr(opt, "fused_sgd", False) or fp16) and runtime.device.type == "cuda":
         return {"fused": True}
     return {}

@@ -76,9 +76,12 @@ def attach_feature_transform(model, teacher_channels, n, mode="residual"):
     if mode == "none":
         model.feature_transform = None
         return model
+    # made on the CPU (the same initial weights wherever the run is) and put where the model is, so that a model
+    # already on its GPU can be probed and trained at once
+    device = next(model.parameters()).device
     model.feature_transform = NormTransform(
         model.transform_in_channels, teacher_channels, n, residual=(mode == "residual"),
-        init=getattr(model, "transform_init", "kaiming"))
+        init=getattr(model, "transform_init", "kaiming")).to(device)
     return model
 
 
