@@ -31,13 +31,18 @@ class HookedModel(nn.Module):
         self.classifier_name = "model." + classifier
         self._captured = None
         self._probe_transform = None  # the stand-in transform of the probe forward
-        modules = [_named_submodule(model, name) for name in feature_modules]
+        self.matched_module_name = feature_modules[-1]
+        # The classifier named as the last feature module: the map NORM matches is the classifier's input as a
+        # [batch, features, 1, 1] map (a ViT, whose last maps are token sequences), transformed in its pre-hook.
+        self._map_at_classifier = feature_modules[-1] == classifier
+        hooked_names = feature_modules[:-1] if self._map_at_classifier else feature_modules
+        modules = [_named_submodule(model, name) for name in hooked_names]
         head = _named_submodule(model, classifier)
         if not isinstance(head, nn.Linear):
             raise ValueError(f"classifier {classifier!r} is a {type(head).__name__}; name the nn.Linear that "
                              "takes the pooled feature vector")
         # Hooks are bound methods (through partial), so a deep copy of the wrapper records into the copy.
-        self._slots = len(modules) + 1
+        self._slots = len(feature_modules) + 1
         for slot, module in enumerate(modules):
             module.register_forward_hook(partial(self._on_feature, slot))
         head.register_forward_pre_hook(self._on_classifier_input)
@@ -65,8 +70,23 @@ class HookedModel(nn.Module):
         return output
 
     def _on_classifier_input(self, module, inputs):
+        if not self._map_at_classifier:
+            if self._captured is not None:
+                self._captured[self._slots - 1] = inputs[0]
+            return None
+        pooled = inputs[0]
+        if pooled.dim() != 2:
+            raise ValueError(f"the classifier's input is a {pooled.dim()}-d tensor; name a feature module whose "
+                             "output is a [batch, channels, height, width] map")
+        matched = pooled[:, :, None, None]
+        transform = self.feature_transform if self.feature_transform is not None else self._probe_transform
+        if transform is not None:
+            pooled, matched = transform(matched)
+            pooled = pooled.flatten(1)
         if self._captured is not None:
-            self._captured[self._slots - 1] = inputs[0]
+            self._captured[self._slots - 2] = matched
+            self._captured[self._slots - 1] = pooled
+        return (pooled,) + tuple(inputs[1:])
 
     def forward(self, x, is_feat=False, preact=False):
         # `preact` is accepted for RepDistiller's call signature; hooks see each module's output only.
