@@ -1,0 +1,105 @@
+"""Export and evaluation of students with a torchvision:/timm: architecture (see models.external).
+
+A run's config names the architecture, the module choices, the image size, the normalisation and the class names;
+the zoo built from it (`zoo_for`) lets export_student.py and evaluate_student.py load the student like a paper
+model. The deployed .pth holds the library model's own keys (no 'model.' prefix), so it loads into
+`torchvision.models.NAME(num_classes=K)`; the ONNX file carries the class names as JSON in its metadata.
+"""
+import json
+
+import torch
+from torch.utils.data import DataLoader
+
+from .errors import UsageError
+
+HOOK_PREFIX = "model."
+
+
+def zoo_for(config):
+    """An ExternalZoo that rebuilds the run's wrapped model from its saved options."""
+    from models.external import ExternalZoo
+
+    return ExternalZoo(image_size=config.get("image_size") or 224, feature_module=config.get("feature_module_s"),
+                       classifier=config.get("classifier_s"), feature_modules=config.get("feature_modules"))
+
+
+def with_hook_prefix(checkpoint):
+    """A checkpoint whose state has the wrapper's 'model.' prefix (a deployed .pth holds the library's own keys)."""
+    state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or any(k.startswith(HOOK_PREFIX) for k in state):
+        return checkpoint
+    return {**checkpoint, "model": {HOOK_PREFIX + k: v for k, v in state.items()}}
+
+
+def library_state(state):
+    """The deployed state without the wrapper's prefix: loads into torchvision.models.NAME(num_classes=K)."""
+    return {k[len(HOOK_PREFIX):]: v for k, v in state.items() if k.startswith(HOOK_PREFIX)}
+
+
+def config_extras(config):
+    """What an exported file keeps of a run's config besides the architecture: classes, statistics, modules."""
+    keys = ("classes", "num_classes", "mean", "std", "feature_module_s", "classifier_s", "feature_modules")
+    return {k: config[k] for k in keys if config.get(k) is not None}
+
+
+def metadata_value(value):
+    """An ONNX metadata string: lists as JSON (class names may hold commas)."""
+    return json.dumps(value) if isinstance(value, (list, tuple)) else value
+
+
+def model_classes(info_or_metadata):
+    """Class names saved with a model (a config dict or ONNX metadata), or None."""
+    classes = info_or_metadata.get("classes")
+    if isinstance(classes, str):
+        try:
+            classes = json.loads(classes)
+        except ValueError:
+            return None
+    return list(classes) if classes else None
+
+
+def folder_eval_set(root, config, image_size):
+    """The images to evaluate under `root`: its val/ split when it has one, else every image of its class folders."""
+    import os
+
+    from dataset.imagenet import MEAN, STD
+    from dataset.user_folder import FolderImages, class_samples, folder_transforms
+
+    folder = os.path.join(root, "val") if os.path.isdir(os.path.join(root, "val")) else root
+    classes, samples = class_samples(folder)
+    mean, std = config.get("mean") or MEAN, config.get("std") or STD
+    if isinstance(mean, str):
+        mean, std = json.loads(mean), json.loads(std)
+    return FolderImages(classes, samples, folder_transforms(False, image_size, tuple(mean), tuple(std)))
+
+
+@torch.no_grad()
+def per_class_accuracy(model, dataset, runtime, batch_size=64, num_workers=0):
+    """[(class name, correct, images)] of top-1 predictions over `dataset` (a FolderImages)."""
+    model.eval()
+    correct = torch.zeros(len(dataset.classes), dtype=torch.long)
+    total = torch.zeros(len(dataset.classes), dtype=torch.long)
+    for images, targets, _ in DataLoader(dataset, batch_size=batch_size, num_workers=num_workers):
+        predicted = model(runtime.to_device(images) if hasattr(runtime, "to_device") else images).argmax(1).cpu()
+        total += torch.bincount(targets, minlength=len(total))
+        correct += torch.bincount(targets[predicted == targets], minlength=len(total))
+    return [(name, int(c), int(t)) for name, c, t in zip(dataset.classes, correct, total)]
+
+
+def per_class_table(rows):
+    """Lines 'class: acc% (correct/images)', worst class first."""
+    lines = []
+    for name, c, t in sorted(rows, key=lambda r: (r[1] / max(r[2], 1), r[0])):
+        lines.append(f"  {name}: {100 * c / max(t, 1):.2f}% ({c}/{t})")
+    return lines
+
+
+def check_folder_classes(expected, classes, path):
+    """A model with saved class names must be evaluated on the same class folders (compared by name)."""
+    from .external_run import check_classes
+
+    try:
+        check_classes(expected, classes, path, flag="--path")
+    except UsageError as err:
+        raise UsageError(str(err).replace("trained on other classes than --data_root holds",
+                                          "predicts other classes than --data_root holds")) from None
