@@ -6,6 +6,7 @@ model. The deployed .pth holds the library model's own keys (no 'model.' prefix)
 `torchvision.models.NAME(num_classes=K)`; the ONNX file carries the class names as JSON in its metadata.
 """
 import json
+from collections import OrderedDict
 
 import torch
 from torch.utils.data import DataLoader
@@ -28,12 +29,26 @@ def with_hook_prefix(checkpoint):
     state = checkpoint.get("model") if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or any(k.startswith(HOOK_PREFIX) for k in state):
         return checkpoint
-    return {**checkpoint, "model": {HOOK_PREFIX + k: v for k, v in state.items()}}
+    prefixed = OrderedDict((HOOK_PREFIX + k, v) for k, v in state.items())
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:  # per-module versions (MNASNet needs them), renamed with the keys
+        prefixed._metadata = OrderedDict((_join(HOOK_PREFIX[:-1], k), v) for k, v in metadata.items())
+    return {**checkpoint, "model": prefixed}
+
+
+def _join(prefix, name):
+    return f"{prefix}.{name}" if name else prefix
 
 
 def library_state(state):
     """The deployed state without the wrapper's prefix: loads into torchvision.models.NAME(num_classes=K)."""
-    return {k[len(HOOK_PREFIX):]: v for k, v in state.items() if k.startswith(HOOK_PREFIX)}
+    out = OrderedDict((k[len(HOOK_PREFIX):], v) for k, v in state.items() if k.startswith(HOOK_PREFIX))
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:  # per-module versions (MNASNet needs them), renamed with the keys
+        root = HOOK_PREFIX[:-1]
+        out._metadata = OrderedDict(("" if k == root else k[len(HOOK_PREFIX):], v) for k, v in metadata.items()
+                                    if k == root or k.startswith(HOOK_PREFIX))
+    return out
 
 
 def config_extras(config):
