@@ -206,6 +206,13 @@ def external_student_main(opt, profile, argv, cls):
     if opt.split_seed is not None and opt.val_split is None:
         raise UsageError("--split_seed only applies with --val_split")
     check_stage_flags(opt)
+    from models import external
+    for name in (opt.model_s, opt.model_t):
+        if is_external(name):
+            try:
+                external.check_name(name)
+            except external.ExternalModelError as err:
+                raise external_error(err) from None
     image_size = opt.image_size
     if opt.learning_rate is None:
         opt.learning_rate = 0.01 if opt.model_s in SMALL_LR_STUDENTS else profile["learning_rate"]

@@ -67,18 +67,25 @@ def _unknown(source, arch, names):
     return ExternalModelError(f"unknown {source} classifier {arch!r}; {hint}")
 
 
-def build_plain(name, num_classes, image_size=224):
-    """The library's model `name` with `num_classes` outputs and random weights (ViTs built for `image_size`)."""
+def check_name(name):
+    """Refuse an unknown torchvision/timm name (or timm not installed) without building anything."""
     source, arch = split_name(name)
     if source == "timm":
         timm = _timm()
         if not timm.is_model(arch):
             raise _unknown(source, arch, timm.list_models())
-        return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+    elif arch not in torchvision_classifiers():
+        raise _unknown(source, arch, torchvision_classifiers())
+    return name
+
+
+def build_plain(name, num_classes, image_size=224):
+    """The library's model `name` with `num_classes` outputs and random weights (ViTs built for `image_size`)."""
+    source, arch = split_name(check_name(name))
+    if source == "timm":
+        return _timm().create_model(arch, pretrained=False, num_classes=num_classes)
     import torchvision
 
-    if arch not in torchvision_classifiers():
-        raise _unknown(source, arch, torchvision_classifiers())
     kwargs = {"num_classes": num_classes}
     if arch.startswith("vit_"):  # position embeddings are sized for one input size
         kwargs["image_size"] = image_size

@@ -74,6 +74,10 @@ def main(argv=None):
     if not external.is_external(opt.model):
         raise UsageError(f"--model {opt.model!r}: name a torchvision:NAME or timm:NAME classifier (the paper's CIFAR "
                          "teachers are trained by train_cifar_teacher.py)")
+    try:
+        external.check_name(opt.model)
+    except external.ExternalModelError as err:
+        raise UsageError(str(err)) from None
     if opt.split_seed is not None and opt.val_split is None:
         raise UsageError("--split_seed only applies with --val_split")
     if opt.learning_rate is None:
