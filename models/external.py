@@ -193,7 +193,8 @@ def describe(hooked, image_size):
     feats = probe_features(hooked, image_size)
     matched = hooked.matched_module_name
     where = f"the input of {matched} as a 1x1 map" if matched == hooked.classifier_name[len("model."):] else matched
-    shape = "x".join(str(d) for d in feats[-2].shape[1:])
+    # the module's own output: after attach_feature_transform, feats[-2] is the N*C_t-wide expanded map
+    shape = "x".join(str(d) for d in (hooked.transform_in_channels, *feats[-2].shape[2:]))
     linear = hooked.model.get_submodule(hooked.classifier_name[len("model."):])
     fold = "foldable into the classifier" if hooked.transform_foldable else "not foldable (kept as a 1x1 conv)"
     return (f"matches {where} ({shape} at {image_size} px); classifier {hooked.classifier_name[len('model.'):]} "
