@@ -168,7 +168,8 @@ def wrap(model, image_size=224, feature_modules=None, feature_module=None, class
     matched, head = locate_modules(model, probe, feature_module, classifier)
     stages = [m for m in (feature_modules or []) if m != matched]
     try:
-        return HookedModel(model, stages + [matched], head, image_size=image_size)
+        return HookedModel(model, stages + [matched], head, image_size=image_size,
+                           classifier_input_map=matched == head)
     except ValueError as err:
         raise ExternalModelError(str(err)) from None
 

@@ -22,7 +22,7 @@ from torch import nn
 class HookedModel(nn.Module):
     """Wraps `model` (logits from `model(x)`) with `forward(x, is_feat=False, preact=False)` and the FT contract."""
 
-    def __init__(self, model, feature_modules, classifier, image_size=224, in_channels=3):
+    def __init__(self, model, feature_modules, classifier, image_size=224, in_channels=3, classifier_input_map=False):
         super().__init__()
         if not feature_modules:
             raise ValueError("HookedModel needs at least one feature module (the last one is the map NORM matches)")
@@ -32,9 +32,12 @@ class HookedModel(nn.Module):
         self._captured = None
         self._probe_transform = None  # the stand-in transform of the probe forward
         self.matched_module_name = feature_modules[-1]
-        # The classifier named as the last feature module: the map NORM matches is the classifier's input as a
-        # [batch, features, 1, 1] map (a ViT, whose last maps are token sequences), transformed in its pre-hook.
-        self._map_at_classifier = feature_modules[-1] == classifier
+        # `classifier_input_map` with the classifier named as the last feature module: the map NORM matches is the
+        # classifier's input as a [batch, features, 1, 1] map (a ViT, whose last maps are token sequences),
+        # transformed in the classifier's pre-hook.
+        self._map_at_classifier = classifier_input_map and feature_modules[-1] == classifier
+        if classifier_input_map and not self._map_at_classifier:
+            raise ValueError("classifier_input_map needs the classifier named as the last feature module")
         hooked_names = feature_modules[:-1] if self._map_at_classifier else feature_modules
         modules = [_named_submodule(model, name) for name in hooked_names]
         head = _named_submodule(model, classifier)
@@ -102,6 +105,12 @@ class HookedModel(nn.Module):
                                "and do not replace the named modules after wrapping (e.g. SyncBatchNorm conversion "
                                "of a named BatchNorm)")
         return (features, logits) if is_feat else logits
+
+    def get_feat_modules(self):
+        """The wrapped model's top-level modules except the one holding the classifier: what the two-stage methods
+        (FSP, AB) pre-train, as RepDistiller's zoo models return from their own get_feat_modules."""
+        head = self.classifier_name[len("model."):].split(".")[0]
+        return nn.ModuleList([m for name, m in self.model.named_children() if name != head])
 
     @torch.no_grad()
     def _probe(self, image_size, in_channels):

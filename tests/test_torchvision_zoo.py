@@ -93,3 +93,50 @@ def test_family_as_norm_student_and_teacher(arch, matched, classifier, foldable)
     teacher = external.wrap(twin, SIZE)
     one_step(tiny_partner(), teacher)
     assert all(not p.requires_grad for p in teacher.parameters())
+
+
+def tiny_cnn(widths=(8, 16)):
+    """Two conv stages ('0' and '3', maps at strides 4 and 16) and a Linear head: any user's classifier."""
+    a, b = widths
+    return nn.Sequential(nn.Conv2d(3, a, 3, stride=4, padding=1), nn.BatchNorm2d(a), nn.ReLU(),
+                         nn.Conv2d(a, b, 3, stride=4, padding=1), nn.BatchNorm2d(b), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(b, CLASSES))
+
+
+def parsed(method, *extra):
+    from helper.distill_run import student_parser
+    from train_imagenet_student import IMAGENET_PROFILE
+
+    return student_parser(IMAGENET_PROFILE).parse_args(["--distill", method, "--nce_k", "4", "--feat_dim", "8",
+                                                        "--hint_layer", "1", *extra])
+
+
+LAST_MAP_METHODS = ["NORM", "NORM_CRD", "kd", "crd", "similarity", "pkt", "rkd", "correlation", "factor"]
+STAGE_METHODS = ["attention", "nst", "vid", "kdsvd", "abound", "fsp", "hint"]
+
+
+@pytest.mark.parametrize("method", LAST_MAP_METHODS + STAGE_METHODS)
+def test_methods_on_a_pair_of_wrapped_models(method):
+    """Last-map methods work on the automatic choice; stage methods on the stage lists --feature_modules names."""
+    from helper.external_run import STAGE_LIST_METHODS
+
+    assert set(STAGE_LIST_METHODS) == set(STAGE_METHODS)
+    torch.manual_seed(0)
+    stages = ["0", "3"] if method in STAGE_METHODS else None  # the stage-flag refusal: test_own_data
+    widths = (8, 16) if method not in ("fsp", "kdsvd") else (12, 24)  # FSP/KDSVD need equal widths per stage
+    student = external.wrap(tiny_cnn(widths), SIZE, feature_modules=stages)
+    teacher = external.wrap(tiny_cnn((12, 24)), SIZE, feature_modules=stages)
+    assert student.matched_module_name == "5" and student.transform_foldable  # the last ReLU, before the pooling
+    opt = parsed(method)
+    method_obj = METHODS[method].build(student, teacher, opt, {"n_data": 8, "image_size": SIZE, "in_channels": 3,
+                                                               "schedule_kind": "imagenet"})
+    images, targets = torch.randn(4, 3, SIZE, SIZE), torch.tensor([0, 1, 2, 0])
+    index = torch.arange(4)
+    contrast = torch.randint(0, 8, (4, 5))
+    if getattr(method_obj, "has_init_stage", False):
+        method_obj.set_epoch(1)
+    method_obj.train()
+    logits, losses = method_obj(images, targets, index, contrast)
+    assert logits.shape == (4, CLASSES) and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
