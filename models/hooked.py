@@ -11,7 +11,9 @@ NORM's feature transform runs on the last named module's output: a forward hook 
 to the rest of the model's own forward and puts the expanded map in the feature list (entry -2, the map NORM
 matches). The wrapped model's state-dict keys carry the prefix `model.`. A recorded map is the tensor the module
 returned, not a copy: an in-place operation after it (densenet's ReLU) shows in it. Hooks belong to the modules
-named at wrapping time, so replace none of them afterwards (e.g. by SyncBatchNorm conversion).
+named at wrapping time, so replace none of them afterwards (e.g. by SyncBatchNorm conversion). With
+`classifier_input_map=True` and the classifier named as the last feature module, the map NORM matches is the
+classifier's input as a [batch, features, 1, 1] map (a ViT's class token), transformed in the classifier's pre-hook.
 """
 from functools import partial
 

@@ -16,6 +16,7 @@ import train_imagenet_student
 from dataset.user_folder import folder_datasets, rgb_image, split_samples
 from helper.checkpoint import load_checkpoint
 from helper.errors import run_cli
+from helper.external_deploy import folder_eval_set
 from models import external
 from scripts import evaluate_student, export_student, train_teacher
 
@@ -93,10 +94,24 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path, monkeypatch):
     correct = sum(row["correct"] for row in evaluation["per_class"].values())
     assert evaluation["top1"] == pytest.approx(100 * correct / 18)
     # the deployed torchvision model agrees with ONNX Runtime on the folder's images
-    val = evaluate_student.external_deploy.folder_eval_set(str(tmp_path / "photos"), deployed["config"], 64)
+    val = folder_eval_set(str(tmp_path / "photos"), deployed["config"], 64)
     images = torch.stack([val[i][0] for i in range(4)])
     with torch.no_grad():
         assert torch.allclose(model.eval()(images), onnx(images), atol=1e-4)
+
+
+def test_evaluating_on_other_class_folders_is_refused_by_name(tmp_path, capsys):
+    """A deployed model that names its classes is evaluated only on folders of those classes."""
+    torch.manual_seed(0)
+    plain = torchvision.models.resnet18(num_classes=3)
+    config = {"model": "torchvision:resnet18", "classes": CLASSES, "num_classes": 3, "dataset": "imagenet",
+              "image_size": 64}
+    torch.save({"model": plain.state_dict(), "config": config}, tmp_path / "deployed.pth")
+    write_photos(tmp_path / "photos", per_class=2)
+    (tmp_path / "photos" / "washer").rename(tmp_path / "photos" / "screw")
+    err = one_line_error(capsys, evaluate_student.main, ["--path", str(tmp_path / "deployed.pth"), "--data_root",
+                                                         str(tmp_path / "photos"), "--num_workers", "0"])
+    assert "predicts other classes" in err and "screw" in err
 
 
 def test_grey_and_rgba_images_become_rgb_with_transparency_on_white(tmp_path):
