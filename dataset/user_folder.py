@@ -57,8 +57,9 @@ def class_samples(folder):
         for root, _, files in sorted(os.walk(os.path.join(folder, name), followlinks=True)):
             samples += [(os.path.join(root, f), index) for f in sorted(files) if f.lower().endswith(EXTENSIONS)]
     if not samples:
-        raise DatasetNotFound(f"{folder}: its class folders ({', '.join(classes[:3])}{' ...' if len(classes) > 3 else ''})"
-                              f" hold no images ({', '.join(EXTENSIONS[:4])}, ...); put the images there")
+        shown = ", ".join(classes[:3]) + (" ..." if len(classes) > 3 else "")
+        raise DatasetNotFound(f"{folder}: its class folders ({shown}) hold no images ({', '.join(EXTENSIONS[:4])}, "
+                              "...); put the images there")
     return classes, samples
 
 

@@ -62,8 +62,9 @@ def torchvision_classifiers():
 
 def _unknown(source, arch, names):
     close = difflib.get_close_matches(arch, names, n=3)
-    hint = f"did you mean {', '.join(source + ':' + c for c in close)}?" if close else \
-        f"see {'torchvision.models.list_models(module=torchvision.models)' if source == 'torchvision' else 'timm.list_models()'}"
+    listing = ("torchvision.models.list_models(module=torchvision.models)" if source == "torchvision"
+               else "timm.list_models()")
+    hint = f"did you mean {', '.join(source + ':' + c for c in close)}?" if close else f"see {listing}"
     return ExternalModelError(f"unknown {source} classifier {arch!r}; {hint}")
 
 
