@@ -16,12 +16,13 @@ from .errors import UsageError
 HOOK_PREFIX = "model."
 
 
-def zoo_for(config):
-    """An ExternalZoo that rebuilds the run's wrapped model from its saved options."""
+def zoo_for(config, role="s"):
+    """An ExternalZoo that rebuilds the run's wrapped student (role 's') or teacher ('t') from its saved options."""
     from models.external import ExternalZoo
 
-    return ExternalZoo(image_size=config.get("image_size") or 224, feature_module=config.get("feature_module_s"),
-                       classifier=config.get("classifier_s"), feature_modules=config.get("feature_modules"))
+    stages = config.get("feature_modules" if role == "s" else "feature_modules_t")
+    return ExternalZoo(image_size=config.get("image_size") or 224, feature_module=config.get(f"feature_module_{role}"),
+                       classifier=config.get(f"classifier_{role}"), feature_modules=stages)
 
 
 def with_hook_prefix(checkpoint):

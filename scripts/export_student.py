@@ -129,6 +129,8 @@ def report_teacher(opt, config, zoo, num_classes):
     if not name:
         raise UsageError("--report needs the teacher: pass --model_t NAME (its cost does not depend on its weights) "
                          "or --path_t FILE")
+    if is_external(name):  # built with the teacher's own module choices, not the student's
+        zoo = external_deploy.zoo_for(config, role="t")
     return name, build_model(zoo, name, num_classes, "--model_t")
 
 
