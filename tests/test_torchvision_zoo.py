@@ -140,3 +140,24 @@ def test_methods_on_a_pair_of_wrapped_models(method):
     assert logits.shape == (4, CLASSES) and all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.parameters())
+
+
+@pytest.mark.parametrize("arch,matched,classifier,foldable", [
+    ("resnet18", "layer4", "fc", True),
+    ("regnetx_002", "final_conv", "head.fc", True),
+    ("mobilenetv3_small_050", "blocks", "classifier", False),
+])
+def test_timm_classifiers_when_timm_is_installed(arch, matched, classifier, foldable):
+    """timm is optional (without it: test_own_data's 'pip install timm' line); with it, names resolve the same way."""
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    student = external.build("timm:" + arch, CLASSES, SIZE)
+    assert (student.matched_module_name, student.classifier_name, student.transform_foldable) == (
+        matched, "model." + classifier, foldable)
+    one_step(student, tiny_partner())
+    if foldable:
+        x = torch.randn(2, 3, SIZE, SIZE)
+        deployed = timm.create_model(arch, pretrained=False, num_classes=CLASSES)
+        deployed.load_state_dict(library_state(fold_transform_into_classifier(student)), strict=True)
+        with torch.no_grad():
+            assert torch.allclose(deployed.eval()(x), student(x), atol=1e-4, rtol=1e-4)
