@@ -74,15 +74,20 @@ def model_classes(info_or_metadata):
     return list(classes) if classes else None
 
 
-def folder_eval_set(root, config, image_size):
-    """The images to evaluate under `root`: its val/ split when it has one, else every image of its class folders."""
+def folder_eval_set(root, config, image_size, split=None):
+    """The images to evaluate under `root`: its val/ folder when it has one, else the validation images of `split`
+    (a run's split.json) when given and present, else every image of its class folders."""
     import os
 
     from dataset.imagenet import MEAN, STD
-    from dataset.user_folder import FolderImages, class_samples, folder_transforms
+    from dataset.user_folder import FolderImages, class_samples, folder_transforms, read_split
 
-    folder = os.path.join(root, "val") if os.path.isdir(os.path.join(root, "val")) else root
-    classes, samples = class_samples(folder)
+    if os.path.isdir(os.path.join(root, "val")):
+        classes, samples = class_samples(os.path.join(root, "val"))
+    elif split and os.path.isfile(split):
+        classes, _, samples, _ = read_split(split, root)
+    else:
+        classes, samples = class_samples(root)
     mean, std = config.get("mean") or MEAN, config.get("std") or STD
     if isinstance(mean, str):
         mean, std = json.loads(mean), json.loads(std)
@@ -100,6 +105,19 @@ def per_class_accuracy(model, dataset, runtime, batch_size=64, num_workers=0):
         total += torch.bincount(targets, minlength=len(total))
         correct += torch.bincount(targets[predicted == targets], minlength=len(total))
     return [(name, int(c), int(t)) for name, c, t in zip(dataset.classes, correct, total)]
+
+
+def run_split(config, path):
+    """The split.json of the run a model comes from: beside the checkpoint, or beside the one it was exported from."""
+    import os
+
+    from dataset.user_folder import SPLIT_FILE
+
+    for source in (path, config.get("folded_from")):
+        candidate = os.path.join(os.path.dirname(os.path.abspath(source)), SPLIT_FILE) if source else None
+        if candidate and os.path.isfile(candidate):
+            return candidate
+    return None
 
 
 def per_class_table(rows):

@@ -104,7 +104,7 @@ def load_onnx(opt):
         raise UsageError(f"{opt.path} takes {model.image_size}x{model.image_size} inputs; drop --image_size or "
                          "export the student again at that size")
     config = {"dataset": model.metadata.get("dataset"), "image_size": model.image_size,
-              **{k: model.metadata[k] for k in ("classes", "mean", "std") if k in model.metadata}}
+              **{k: model.metadata[k] for k in ("classes", "mean", "std", "folded_from") if k in model.metadata}}
     saved = model.metadata.get("saved_accuracy")
     info = {"model_s": model.metadata.get("model_s", os.path.basename(opt.path)),
             "saved_accuracy": float(saved) if saved not in (None, "", "None") else None}
@@ -142,7 +142,8 @@ def evaluate(opt):
     classes = external_deploy.model_classes(config)
     if classes and dataset == "imagenet":  # a model of your own classes: the folder's, checked by name
         image_size = opt.image_size or config.get("image_size") or 224
-        val = external_deploy.folder_eval_set(root, config, int(image_size))
+        split = external_deploy.run_split(config, opt.path)  # a flat folder: the run's validation images only
+        val = external_deploy.folder_eval_set(root, config, int(image_size), split)
         external_deploy.check_folder_classes(classes, val.classes, opt.path)
     else:
         val = validation_set(model, opt, dataset, root, config)
@@ -151,6 +152,10 @@ def evaluate(opt):
     metrics = validate(model, eval_loader(val, opt.batch_size, runtime, workers), runtime)
     result = {"path": opt.path, "model_s": info["model_s"], "dataset": dataset, "top1": metrics["acc1"],
               "top5": metrics["acc5"], "loss": metrics["loss"], "saved_accuracy": info["saved_accuracy"]}
+    if classes:
+        result["dataset"] = root  # your folder, not ImageNet
+        result["images"] = len(val)
+        result["split"] = split if split and not os.path.isdir(os.path.join(root, "val")) else None
     if (classes or opt.per_class) and hasattr(val, "classes"):
         rows = external_deploy.per_class_accuracy(model, val, runtime, opt.batch_size)
         result["per_class"] = {name: {"correct": c, "images": t} for name, c, t in rows}
@@ -162,6 +167,8 @@ def main(argv=None):
     opt = parser().parse_args(argv)
     result = evaluate(opt)
     print(f"{result['model_s']} on {result['dataset']}: top-1 {result['top1']:.2f} top-5 {result['top5']:.2f}")
+    if result.get("split"):
+        print(f"(the {result['images']} validation images listed in {result['split']})")
     if "per_class" in result:
         print("per-class top-1 (worst first):")
         print("\n".join(external_deploy.per_class_table(
