@@ -36,46 +36,56 @@ def name_list(text):
     return names
 
 
-def add_data_flags(group):
-    """--val_split, --split_seed, --mean, --std (all default None, so saved configs of older runs still match)."""
-    group.add_argument("--val_split", type=positive_float, default=None,
+def add_data_flags(group, default=None):
+    """--val_split, --split_seed, --mean, --std; `default` None, or argparse.SUPPRESS: absent unless given."""
+    group.add_argument("--val_split", type=positive_float, default=default,
                        help="hold out this fraction of each class folder for validation (a folder without val/)")
-    group.add_argument("--split_seed", type=int, default=None, help="seed of the --val_split draw (default 0)")
-    group.add_argument("--mean", type=float_triple, default=None, help="normalisation mean R,G,B (default ImageNet's)")
-    group.add_argument("--std", type=float_triple, default=None, help="normalisation std R,G,B (default ImageNet's)")
+    group.add_argument("--split_seed", type=int, default=default, help="seed of the --val_split draw (default 0)")
+    group.add_argument("--mean", type=float_triple, default=default,
+                       help="normalisation mean R,G,B (default ImageNet's)")
+    group.add_argument("--std", type=float_triple, default=default, help="normalisation std R,G,B (default ImageNet's)")
 
 
-def add_model_flags(group, roles=("s", "t")):
+def add_model_flags(group, roles=("s", "t"), default=None):
     """The module-choice flags of external architectures, for the roles student (s) and teacher (t)."""
     for role in roles:
         who = "student" if role == "s" else "teacher"
-        group.add_argument(f"--feature_module_{role}", default=None,
+        group.add_argument(f"--feature_module_{role}", default=default,
                            help=f"{who}: the module whose output NORM matches (default: found by a probe forward)")
-        group.add_argument(f"--classifier_{role}", default=None,
+        group.add_argument(f"--classifier_{role}", default=default,
                            help=f"{who}: the final nn.Linear (default: the Linear that returns the logits)")
 
 
+STUDENT_FLAGS = ("pretrained_t", "pretrained_s", "feature_module_s", "classifier_s", "feature_module_t",
+                 "classifier_t", "feature_modules", "feature_modules_t", "val_split", "split_seed", "mean", "std")
+
+
 def add_student_flags(parser):
-    """The flags of external models and user data in the ImageFolder student script."""
+    """The flags of external models and user data in the ImageFolder student script.
+
+    Absent from the parsed options unless given (argparse.SUPPRESS), so the config.json of a paper-model run holds
+    exactly the keys it held before these flags existed; `external_student_main` fills in the missing ones.
+    """
     g = parser.add_argument_group("your own models and images (torchvision:NAME, timm:NAME)")
-    g.add_argument("--pretrained_t", action="store_true", default=None,
+    absent = argparse.SUPPRESS
+    g.add_argument("--pretrained_t", action="store_true", default=absent,
                    help="teacher: torchvision's published weights for --model_t, from torch's cache")
-    g.add_argument("--pretrained_s", action="store_true", default=None,
+    g.add_argument("--pretrained_s", action="store_true", default=absent,
                    help="student: start from torchvision's published weights (classifier left random)")
-    add_model_flags(g)
-    g.add_argument("--feature_modules", type=name_list, default=None,
+    add_model_flags(g, default=absent)
+    g.add_argument("--feature_modules", type=name_list, default=absent,
                    help="student stage modules a,b,c for methods that compare stages (attention, FSP, ...)")
-    g.add_argument("--feature_modules_t", type=name_list, default=None,
+    g.add_argument("--feature_modules_t", type=name_list, default=absent,
                    help="teacher stage modules a,b,c for methods that compare stages")
-    add_data_flags(g)
+    add_data_flags(g, default=absent)
 
 
 def uses_own_path(opt):
     """Whether the command needs this module: an external architecture or a user-data flag."""
     from models.external import is_external
 
-    return (is_external(opt.model_s) or is_external(opt.model_t) or opt.pretrained_t or opt.val_split is not None
-            or opt.mean is not None or opt.std is not None)
+    given = [name for name in STUDENT_FLAGS if getattr(opt, name, None) is not None]
+    return is_external(opt.model_s) or is_external(opt.model_t) or bool(given)
 
 
 def file_tag(name):
@@ -203,6 +213,8 @@ def external_student_main(opt, profile, argv, cls):
     from .trainer import Trainer, prepare_run_dir
 
     zoo = profile["zoo"]
+    for flag in STUDENT_FLAGS:  # given or not, every run of this path saves all of them in its config
+        setattr(opt, flag, getattr(opt, flag, None))
     if opt.split_seed is not None and opt.val_split is None:
         raise UsageError("--split_seed only applies with --val_split")
     check_stage_flags(opt)

@@ -15,6 +15,7 @@ from PIL import Image
 import train_imagenet_student
 from dataset.user_folder import folder_datasets, rgb_image, split_samples
 from helper.checkpoint import load_checkpoint
+from helper.deploy import ONNX_TOLERANCE, relative_difference
 from helper.errors import run_cli
 from helper.external_deploy import folder_eval_set
 from models import external
@@ -22,7 +23,8 @@ from scripts import evaluate_student, export_student, train_teacher
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = ["bolt", "nut", "washer"]
-SPEED = ["--image_size", "64", "--epochs", "1", "--batch_size", "4", "--num_workers", "0", "--device", "cpu"]
+SPEED = ["--image_size", "64", "--epochs", "1", "--batch_size", "4", "--num_workers", "0", "--device", "cpu",
+         "--seed", os.environ.get("OWN_DATA_SEED", "0")]
 SCRIPTS = {"scripts/train_teacher.py": train_teacher.main, "train_imagenet_student.py": train_imagenet_student.main,
            "scripts/export_student.py": export_student.main, "scripts/evaluate_student.py": evaluate_student.main}
 
@@ -98,8 +100,8 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path, monkeypatch):
     # the deployed torchvision model agrees with ONNX Runtime on the folder's images
     val = folder_eval_set(str(tmp_path / "photos"), deployed["config"], 64)
     images = torch.stack([val[i][0] for i in range(4)])
-    with torch.no_grad():
-        assert torch.allclose(model.eval()(images), onnx(images), atol=1e-4)
+    with torch.no_grad():  # relative to the largest logit, as the export's own check
+        assert relative_difference(model.eval()(images), onnx(images)) <= ONNX_TOLERANCE
 
 
 def test_evaluating_on_other_class_folders_is_refused_by_name(tmp_path, capsys):
