@@ -202,8 +202,9 @@ def check_stage_flags(opt):
 
 def external_student_main(opt, profile, argv, cls):
     """student_main for commands with external architectures or user-data flags (see the module docstring)."""
-    from models.external import describe, is_external
     from dataset.user_folder import SPLIT_FILE, write_split
+    from models import external
+    from models.external import describe, is_external
     from .distill_run import SMALL_LR_STUDENTS, infer_teacher_name, run_name
     from .engine import validate
     from .launch import apply_gids
@@ -218,7 +219,6 @@ def external_student_main(opt, profile, argv, cls):
     if opt.split_seed is not None and opt.val_split is None:
         raise UsageError("--split_seed only applies with --val_split")
     check_stage_flags(opt)
-    from models import external
     for name in (opt.model_s, opt.model_t):
         if is_external(name):
             try:
@@ -268,11 +268,11 @@ def external_student_main(opt, profile, argv, cls):
             student = load_external(opt.model_s, num_classes, image_size, flag="--model_s", role="s", opt=opt,
                                     stages=opt.feature_modules)
             if opt.pretrained_s:
-                from models.external import published_state
                 try:
-                    load_backbone(student.model, published_state(opt.model_s, "--pretrained_s"), opt.model_s)
-                except Exception as err:  # noqa: BLE001 - ExternalModelError, shown as one line
-                    raise UsageError(str(err)) from None
+                    load_backbone(student.model, external.published_state(opt.model_s, "--pretrained_s"),
+                                  opt.model_s)
+                except external.ExternalModelError as err:
+                    raise external_error(err) from None
         else:
             student = build_model(zoo, opt.model_s, num_classes, "--model_s")
         data = {"n_data": len(train_set), "image_size": image_size, "in_channels": 3,
