@@ -43,9 +43,9 @@ def student_parser(profile):
         g.add_argument("--image_size", type=positive_int, default=profile["image_size"], help="training crop size")
     for cls in METHODS.values():
         cls.add_arguments(g)
-    if profile.get("own_models"):  # torchvision:/timm: architectures and user image folders (ImageFolder script)
+    if profile.get("own_models"):  # torchvision:/timm: architectures (and user image folders: ImageFolder script)
         from .external_run import add_student_flags
-        add_student_flags(p)
+        add_student_flags(p, data=profile["own_models"] == "folders")
     add_official_student_flags(p, num_cls=profile["official_num_cls"])
     return p
 

@@ -60,8 +60,8 @@ STUDENT_FLAGS = ("pretrained_t", "pretrained_s", "feature_module_s", "classifier
                  "classifier_t", "feature_modules", "feature_modules_t", "val_split", "split_seed", "mean", "std")
 
 
-def add_student_flags(parser):
-    """The flags of external models and user data in the ImageFolder student script.
+def add_student_flags(parser, data=True):
+    """The flags of external models (and, with `data`, of user image folders) in a student script.
 
     Absent from the parsed options unless given (argparse.SUPPRESS), so the config.json of a paper-model run holds
     exactly the keys it held before these flags existed; `external_student_main` fills in the missing ones.
@@ -77,7 +77,8 @@ def add_student_flags(parser):
                    help="student stage modules a,b,c for methods that compare stages (attention, FSP, ...)")
     g.add_argument("--feature_modules_t", type=name_list, default=absent,
                    help="teacher stage modules a,b,c for methods that compare stages")
-    add_data_flags(g, default=absent)
+    if data:
+        add_data_flags(g, default=absent)
 
 
 def uses_own_path(opt):
@@ -206,6 +207,7 @@ def external_student_main(opt, profile, argv, cls):
     from models import external
     from models.external import describe, is_external
     from .distill_run import SMALL_LR_STUDENTS, infer_teacher_name, run_name
+    from .data import load_datasets
     from .engine import validate
     from .launch import apply_gids
     from .model_loading import build_model, load_model_state
@@ -225,16 +227,21 @@ def external_student_main(opt, profile, argv, cls):
                 external.check_name(name)
             except external.ExternalModelError as err:
                 raise external_error(err) from None
+    folders = profile["own_models"] == "folders"  # else the CIFAR script: its fixed 32-px sets, no class folders
+    if not folders:
+        opt.image_size = profile["probe_size"]  # saved in the config: export and evaluation rebuild a ViT at it
     image_size = opt.image_size
     if opt.learning_rate is None:
         opt.learning_rate = 0.01 if opt.model_s in SMALL_LR_STUDENTS else profile["learning_rate"]
-    # the classes first: a folder without images is refused before any model is built
     teacher_split = os.path.join(os.path.dirname(os.path.abspath(opt.path_t)), SPLIT_FILE) if opt.path_t else None
-    run_split_probe = user_data(opt, image_size, teacher_split if opt.val_split else None)
-    classes = run_split_probe[0].classes
-    num_classes = len(classes)
+    if folders:  # the classes first: a folder without images is refused before any model is built
+        classes = user_data(opt, image_size, teacher_split if opt.val_split else None)[0].classes
+        num_classes = len(classes)
+    else:
+        classes, num_classes = None, profile["num_classes"](opt)
     state, source, t_config = teacher_state(opt, num_classes)
-    check_classes(t_config.get("classes"), classes, opt.path_t)
+    if classes is not None:
+        check_classes(t_config.get("classes"), classes, opt.path_t)
     if opt.model_t is None:
         opt.model_t = t_config.get("model_s") or t_config.get("model")
         if opt.model_t is None:
@@ -243,9 +250,10 @@ def external_student_main(opt, profile, argv, cls):
         build_model(zoo, opt.model_s, num_classes, "--model_s")
     weights = cls.weights(opt)
     opt.gamma, opt.alpha, opt.beta, opt.ceta = (weights[k] for k in ("gamma", "alpha", "beta", "logit_scale"))
-    opt.classes, opt.num_classes = list(classes), num_classes  # saved in config.json: export and evaluation read them
+    # saved in config.json: export and evaluation read them
+    opt.classes, opt.num_classes = (list(classes) if classes else None), num_classes
     tagged = argparse.Namespace(**{**vars(opt), "model_t": file_tag(opt.model_t), "model_s": file_tag(opt.model_s)})
-    data_tag = os.path.basename(os.path.normpath(opt.data_root)) or opt.dataset
+    data_tag = (os.path.basename(os.path.normpath(opt.data_root)) if folders else "") or opt.dataset
     run_dir = os.path.join(opt.save_root, "student_model", run_name(tagged, weights, file_tag(data_tag)))
     name = file_tag(opt.model_s)
     store = prepare_run_dir(run_dir, name, opt)
@@ -257,7 +265,11 @@ def external_student_main(opt, profile, argv, cls):
         seed_everything(opt.seed + runtime.rank)
         own_split = os.path.join(run_dir, SPLIT_FILE)
         saved = own_split if os.path.isfile(own_split) else (teacher_split if opt.val_split else None)
-        train_set, val_set, split = user_data(opt, image_size, saved, contrast=cls.needs_contrast)
+        if folders:
+            train_set, val_set, split = user_data(opt, image_size, saved, contrast=cls.needs_contrast)
+        else:
+            train_set, val_set = load_datasets(opt, contrast=cls.needs_contrast)
+            split = None
         if is_external(opt.model_t):
             teacher = load_external(opt.model_t, num_classes, image_size, state=state, path=source, flag="--path_t",
                                     role="t", opt=opt, stages=opt.feature_modules_t)

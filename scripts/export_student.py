@@ -156,7 +156,7 @@ def export(opt):
     external = is_external(model_s)  # torchvision:/timm: students (helper/external_deploy.py)
     if external:
         zoo, checkpoint = external_deploy.zoo_for(config), external_deploy.with_hook_prefix(checkpoint)
-    imagenet = zoo is imagenet_model_dict or external
+    imagenet = zoo is imagenet_model_dict or (external and config.get("dataset") in (None, "imagenet"))
     model, info = load_student(zoo, checkpoint, opt.path, model_s=model_s, n=opt.co_sponge, ft=opt.ft,
                                official=opt.official, num_classes=config.get("num_classes") if external else None)
     model.eval()

@@ -223,3 +223,29 @@ def test_pretrained_teacher_comes_from_torchs_cache_or_says_where_to_put_it(tmp_
                          ["--model_t", "torchvision:resnet18", "--pretrained_t", "--model_s", "torchvision:resnet18",
                           "--data_root", str(tmp_path / "photos"), "--val_split", "0.2", *SPEED])
     assert "predict 1000 classes" in err and "train_teacher.py" in err
+
+
+def test_the_cifar_script_takes_torchvision_names(tmp_path):
+    """A paper teacher distilled into torchvision's resnet18 on CIFAR-100, then exported and evaluated."""
+    import train_cifar_student
+    from models import model_dict
+    from tests.datafakes import write_tiny_cifar
+
+    write_tiny_cifar(str(tmp_path / "data"), num_classes=100, n_train=64, n_test=32)
+    torch.manual_seed(0)
+    torch.save({"model": model_dict["resnet8x4"](num_classes=100).state_dict()}, tmp_path / "t.pth")
+    summary = train_cifar_student.main(["--path_t", str(tmp_path / "t.pth"), "--model_s", "torchvision:resnet18",
+                                        "--data_root", str(tmp_path / "data"), "--save_root", str(tmp_path / "save"),
+                                        "--epochs", "1", "--batch_size", "16", "--num_workers", "0", "--seed", "0",
+                                        "--device", "cpu", "--learning_rate", "0.01", "-s", "2"])
+    run = Path(summary["run"])
+    assert run.name.startswith("T_resnet8x4_S_torchvision-resnet18_cifar100_NORM")
+    config = json.loads((run / "config.json").read_text())
+    assert config["image_size"] == 32 and config["num_classes"] == 100 and config["classes"] is None
+    last = str(run / "torchvision-resnet18_last.pth")
+    export_student.main(["--path", last, "--out", str(tmp_path / "r18.pth")])
+    deployed = torchvision.models.resnet18(num_classes=100)
+    deployed.load_state_dict(load_checkpoint(tmp_path / "r18.pth")["model"], strict=True)
+    result = evaluate_student.main(["--path", str(tmp_path / "r18.pth"), "--data_root", str(tmp_path / "data"),
+                                    "--num_workers", "0", "--device", "cpu"])
+    assert result["dataset"] == "cifar100" and result["top1"] == pytest.approx(summary["last_acc"], abs=1e-3)
