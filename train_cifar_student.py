@@ -20,6 +20,7 @@ CIFAR_PROFILE = {
     "probe_size": 32, "schedule_kind": "cifar", "official_num_cls": "checked",  # the official CIFAR script's --num_cls
     "num_classes": lambda opt: check_num_cls(opt, num_classes(opt.dataset, opt.data_root)),
     "default_path_t": lambda opt: None,
+    "own_models": "models",  # torchvision:/timm: names on the 32-px sets (helper/external_run.py)
     "teacher_hint": "fetch RepDistiller's teachers with bash scripts/fetch_pretrained_teachers.sh, or train one "
                     "with python train_cifar_teacher.py --model <name>",
 }

@@ -31,6 +31,7 @@ IMAGENET_PROFILE = {
     "epochs": 100, "batch_size": 256, "learning_rate": 0.1, "weight_decay": 1e-4, "lr_decay": "step",
     "lr_decay_epochs": [30, 60, 90], "num_workers": 16, "model_s": "resnet18S", "image_size": 224,
     "probe_size": 224, "schedule_kind": "imagenet", "official_num_cls": "inert",  # officially forced to 1000
+    "own_models": "folders",  # torchvision:/timm: names and user image folders (helper/external_run.py)
     "num_classes": lambda opt: num_classes(opt.dataset, opt.data_root),
     "default_path_t": default_teacher_path,
     "teacher_hint": "fetch torchvision's weights with bash scripts/fetch_pretrained_imagenet_teacher.sh; without "

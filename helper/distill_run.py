@@ -47,6 +47,9 @@ def student_parser(profile):
         g.add_argument("--image_size", type=positive_int, default=profile["image_size"], help="training crop size")
     for cls in METHODS.values():
         cls.add_arguments(g)
+    if profile.get("own_models"):  # torchvision:/timm: architectures (and user image folders: ImageFolder script)
+        from .external_run import add_student_flags
+        add_student_flags(p, data=profile["own_models"] == "folders")
     add_official_student_flags(p, num_cls=profile["official_num_cls"])
     return p
 
@@ -83,6 +86,10 @@ def student_main(argv, profile):
     """Parse, build and train; every user error surfaces as UsageError (one line, exit code 2)."""
     opt = student_parser(profile).parse_args(argv)
     cls = method_class_or_error(opt.distill)
+    if profile.get("own_models"):
+        from .external_run import external_student_main, uses_own_path
+        if uses_own_path(opt):
+            return external_student_main(opt, profile, argv, cls)
     if opt.path_t is None:
         opt.path_t = profile["default_path_t"](opt)
     if not opt.path_t or not os.path.isfile(opt.path_t):

@@ -281,6 +281,9 @@ class Trainer:
         opt = self.opt
         lr = learning_rate(epoch, opt.learning_rate, opt.epochs, opt.lr_decay, opt.lr_decay_epochs,
                            opt.lr_decay_rate)
+        warmup = getattr(opt, "warmup_epochs", None)  # scripts/train_teacher.py: linear warm-up, epoch by epoch
+        if warmup and epoch <= warmup:
+            lr *= epoch / (warmup + 1)
         set_learning_rate(self.optimizer, lr)
         self.method.set_epoch(epoch)
         tic = time.time()
