@@ -59,10 +59,13 @@ class SimKDStudent(nn.Module):
         self.classifier = classifier
         # a buffer, so the checkpoint alone says how to rebuild the model; 0: the student map is not pooled
         self.register_buffer("pool_to", torch.tensor(int(pool_to), dtype=torch.long))
+        # ...and a Python copy for the forward: reading the buffer there would wait for the device on every step
+        self.pool_size = int(pool_to)
+        self.register_load_state_dict_post_hook(_read_pool_size)
 
     def project(self, feature):
         """The projected map of the student's `feat[-2]` (pooled first to the teacher's size when larger)."""
-        size = int(self.pool_to)
+        size = self.pool_size
         if size:
             # the reference pools to (t_H, t_H): square maps only, as every CIFAR model's
             feature = F.adaptive_avg_pool2d(feature, (size, size))
@@ -83,6 +86,11 @@ class SimKDStudent(nn.Module):
         feats, _ = self.backbone(images, is_feat=True, preact=preact)
         logits = self.classify(self.project(feats[-2]))
         return (feats, logits) if is_feat else logits
+
+
+def _read_pool_size(module, incompatible_keys):
+    """After a state dict is loaded into a SimKDStudent: its Python pool size from the loaded buffer (read once)."""
+    module.pool_size = int(module.pool_to)
 
 
 def is_simkd_state(state):

@@ -10,19 +10,22 @@ import argparse
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 from distiller_zoo import METHODS
 from distiller_zoo.crd import ContrastMemory
 from helper.engine import _to_device, validate
 from helper.runtime import Runtime
 from models import model_dict
+
 from tests.fake_cuda import CUDA, devices_of, fake_cuda, on_the_host_for_real
 from tests.test_baselines import PAIRS as BASELINE_PAIRS
 
 pytestmark = pytest.mark.fake_cuda
 
 PAIRS = {**BASELINE_PAIRS, "NORM": ("resnet8x4", "resnet8"), "NORM_CRD": ("resnet8x4", "resnet8"),
-         "crd": ("resnet8x4", "resnet8"), "kd": ("resnet8x4", "resnet8")}
+         "crd": ("resnet8x4", "resnet8"), "kd": ("resnet8x4", "resnet8"),
+         **{name: ("resnet20", "resnet8") for name in ("dkd", "dist", "reviewkd", "ofd", "simkd", "srrl", "semckd")}}
 PAPER_PAIRS = [("resnet32x4", "resnet8x4"), ("resnet56", "resnet20"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8")]
 N_DATA, NCE_K, BATCH = 20, 8, 4
 
@@ -32,11 +35,15 @@ def test_every_registered_method_has_a_pair_here():
 
 
 def make_opt():
-    """The options every method's build reads, at toy sizes (alpha on, so that KD runs too)."""
-    return argparse.Namespace(gamma=None, alpha=0.9, beta=None, ceta=None, kd_T=4.0, epochs=2, hint_layer=2,
-                              feat_dim=16, init_epochs=30, learning_rate=0.05, model_s="resnet8", co_sponge=2,
-                              ft="residual", norm_schedule="official", nce_k=NCE_K, nce_t=0.07, nce_m=0.5,
-                              mode="exact", crd_weight=2.5)
+    """The options every method's build reads: the student script's defaults (every method's own flags), at toy
+    sizes (alpha on, so that KD runs too)."""
+    import train_cifar_student
+    from helper.distill_run import student_parser
+
+    opt = student_parser(train_cifar_student.CIFAR_PROFILE).parse_args([])
+    opt.__dict__.update(alpha=0.9, epochs=2, feat_dim=16, learning_rate=0.05, model_s="resnet8", co_sponge=2,
+                        nce_k=NCE_K, batch_size=BATCH)
+    return opt
 
 
 def cpu_batch(num_classes=10, image_size=32):
@@ -47,14 +54,26 @@ def cpu_batch(num_classes=10, image_size=32):
             torch.arange(BATCH), torch.randint(0, N_DATA, (BATCH, NCE_K + 1), generator=generator))
 
 
+# Methods whose build reads values on the host (OFD's margins from the teacher's BatchNorm parameters, SimKD's check
+# that the teacher's classifier pools its last map): fake tensors hold no values, so these are built on the CPU, as
+# the scripts build every method, and then moved; their training forward still runs on the fake device.
+BUILT_ON_THE_HOST = {"ofd", "simkd"}
+
+
 def build_on_fake_cuda(name, t_name, s_name, runtime):
     """Networks made on the CPU (as the scripts do), moved to the fake device, the method built there and moved."""
     torch.manual_seed(0)
-    teacher, student = model_dict[t_name](num_classes=10), model_dict[s_name](num_classes=10)
-    runtime.to_device(teacher)
-    runtime.to_device(student)
-    method = METHODS[name].build(student, teacher, make_opt(),
-                                 {"n_data": N_DATA, "image_size": 32, "in_channels": 3, "schedule_kind": "cifar"})
+    if name in BUILT_ON_THE_HOST:
+        with unset_fake_temporarily():
+            teacher, student = model_dict[t_name](num_classes=10), model_dict[s_name](num_classes=10)
+            method = METHODS[name].build(student, teacher, make_opt(), {"n_data": N_DATA, "image_size": 32,
+                                                                        "in_channels": 3, "schedule_kind": "cifar"})
+    else:
+        teacher, student = model_dict[t_name](num_classes=10), model_dict[s_name](num_classes=10)
+        runtime.to_device(teacher)
+        runtime.to_device(student)
+        method = METHODS[name].build(student, teacher, make_opt(),
+                                     {"n_data": N_DATA, "image_size": 32, "in_channels": 3, "schedule_kind": "cifar"})
     runtime.to_device(method)
     for module in method.modules():
         if isinstance(module, ContrastMemory):

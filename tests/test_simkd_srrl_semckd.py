@@ -379,3 +379,21 @@ def test_interrupted_and_resumed_run_is_bit_identical(tiny_cifar, teacher_file, 
     for got, expected in zip(final(tmp_path / "cut", "--resume"), whole):
         assert_same(got, expected)
     assert is_simkd_state(whole[0]) == (method == "simkd") and bool(whole[1]) == (method == "semckd")
+
+
+def test_simkd_student_pools_by_a_python_size_restored_when_its_state_loads():
+    # the forward reads no device value (a host sync per step on CUDA); a loaded state brings its own pool size
+    from models.simkd import projector
+
+    def student(pool_to):
+        torch.manual_seed(0)
+        return SimKDStudent(model_dict["resnet8x4"](num_classes=10), projector(256, 64, 2), nn.Linear(64, 10),
+                            pool_to=pool_to)
+
+    pooled, plain = student(4), student(0)
+    assert (pooled.pool_size, plain.pool_size) == (4, 0)
+    plain.load_state_dict(pooled.state_dict())
+    assert plain.pool_size == 4
+    x = torch.randn(2, 3, 32, 32)
+    pooled.eval(), plain.eval()
+    torch.testing.assert_close(plain(x), pooled(x))
