@@ -19,6 +19,7 @@ CIFAR_PROFILE = Profile(
     epochs=240, batch_size=64, learning_rate=0.05, weight_decay=5e-4, lr_decay_epochs=(150, 180, 210),
     model="resnet8x4", probe_size=32, schedule_kind="cifar", official_num_cls="checked",  # the official --num_cls
     num_classes=lambda opt: check_num_cls(opt, num_classes(opt.dataset, opt.data_root)),
+    own_models="models",  # torchvision:/timm: names on the 32-px sets (helper/cli/external.py)
     default_path_t=lambda opt: None,
     teacher_hint="fetch RepDistiller's teachers with bash scripts/fetch_pretrained_teachers.sh, or train one "
                  "with python train_cifar_teacher.py --model <name>",

@@ -33,6 +33,7 @@ IMAGENET_PROFILE = Profile(
     num_workers=16, model="resnet18S", image_size=224, probe_size=224, schedule_kind="imagenet",
     official_num_cls="inert",  # officially forced to 1000
     num_classes=lambda opt: num_classes(opt.dataset, opt.data_root),
+    own_models="folders",  # torchvision:/timm: names and user image folders (helper/cli/external.py)
     default_path_t=default_teacher_path,
     teacher_hint="fetch torchvision's weights with bash scripts/fetch_pretrained_imagenet_teacher.sh; without "
                  "--path_t the file is looked for in <--save_root>/models/<model_t>_imagenet_vanilla/",

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from models.norm import attach_feature_transform, matched_feature, probe_features
 from helper.argtypes import non_negative_float
 from .base import Distiller
-from .crd import CRDLoss
+from helper.errors import UsageError
+from .compose import Combination, beta_text
+from .crd import CRD
 from .registry import add_argument_once, register
 
 # β1 of the official code as (first epoch of a phase, weight) on its 240-epoch CIFAR / 100-epoch ImageNet runs.
@@ -140,29 +142,30 @@ class NORM(Distiller):
 
 
 @register("NORM_CRD")
-class NORMCRD(NORM):
-    """NORM plus CRD on the pooled features (the official NORM+CRD, with its crash fixed)."""
+class NORMCRD(Combination):
+    """The official NORM+CRD: `NORM+crd` whose CRD weight is --crd_weight (2.5, the official code's reuse of -c).
 
-    needs_contrast = True
+    Its weights are NORM's (-b is the NORM weight alone), so its run folder keeps its name; the CRD module keeps
+    the name `crd`, so its checkpoints keep their layout.
+    """
 
-    def __init__(self, student, teacher, crd, crd_weight=2.5, **kwargs):
-        super().__init__(student, teacher, **kwargs)
-        self.crd, self.crd_weight = crd, crd_weight
+    parts = (NORM, CRD)
 
     @classmethod
     def add_arguments(cls, parser):
         super().add_arguments(parser)
-        CRDLoss.add_arguments(parser)
         add_argument_once(parser, "--crd_weight", type=non_negative_float, default=2.5,
                           help="weight of the CRD term in NORM_CRD (the official code reuses -c, 2.5)")
 
     @classmethod
-    def build(cls, student, teacher, opt, data):
-        cls.attach_transform(student, teacher, opt, data)
-        crd = CRDLoss.build(student, teacher, opt, data)
-        return cls(student, teacher, crd, opt.crd_weight, **cls.schedule_options(opt, data), **cls.weights(opt))
+    def given_betas(cls, opt):
+        beta = getattr(opt, "beta", None)
+        if isinstance(beta, (tuple, str)):
+            raise UsageError(f"--distill NORM_CRD takes one -b (the NORM weight) and the CRD weight from "
+                             f"--crd_weight; for one -b per part write --distill NORM+crd -b {beta_text(beta)}")
+        return [beta, getattr(opt, "crd_weight", 2.5)]
 
-    def feature_losses(self, feat_s, feat_t, logits_s, logits_t, index, contrast_index):
-        losses = super().feature_losses(feat_s, feat_t, logits_s, logits_t, index, contrast_index)
-        losses["crd"] = self.crd_weight * self.crd(feat_s[-1], feat_t[-1], index, contrast_index)
-        return losses
+    @classmethod
+    def weights(cls, opt):
+        cls.given_betas(opt)
+        return NORM.weights(opt)

@@ -1,6 +1,7 @@
 """argparse types shared by every command line (and by the methods' own flags): one-line errors, finite numbers."""
 import argparse
 import math
+import re
 
 
 def _ranged(attribute, convert, name, accept):
@@ -56,3 +57,32 @@ def int_list(text):
 
 
 int_list.__name__ = "comma-separated list of integers >= 1"
+
+
+GPU_IDS = re.compile(r"[0-9]+(,[0-9]+)*", re.ASCII)
+
+
+def gpu_id_list(text):
+    """'0,1,2' -> [0, 1, 2]: distinct non-negative decimal ids separated by single commas; ValueError otherwise.
+
+    Strict on purpose: `0,,1`, `0, 1`, `-1`, `+1` or `1,1` are typos that would otherwise start a run on other GPUs.
+    """
+    text = str(text)
+    if not GPU_IDS.fullmatch(text):
+        why = "an empty id" if "" in text.split(",") else "no spaces or signs" if re.search(r"[\s+-]", text) else None
+        raise ValueError(f"{text!r}: give distinct GPU ids separated by commas, e.g. --gids 0,1,2,3"
+                         f"{f' ({why})' if why else ''}")
+    ids = [int(x) for x in text.split(",")]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{text!r}: give distinct GPU ids separated by commas, e.g. --gids 0,1,2,3 (an id is "
+                         "repeated)")
+    return ids
+
+
+def gpu_ids(text):
+    """argparse type of --gids: the text itself, once `gpu_id_list` accepts it (so a bad list stops the parse)."""
+    try:
+        gpu_id_list(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return str(text)

@@ -11,7 +11,9 @@ NORM's feature transform runs on the last named module's output: a forward hook 
 to the rest of the model's own forward and puts the expanded map in the feature list (entry -2, the map NORM
 matches). The wrapped model's state-dict keys carry the prefix `model.`. A recorded map is the tensor the module
 returned, not a copy: an in-place operation after it (densenet's ReLU) shows in it. Hooks belong to the modules
-named at wrapping time, so replace none of them afterwards (e.g. by SyncBatchNorm conversion).
+named at wrapping time, so replace none of them afterwards (e.g. by SyncBatchNorm conversion). With
+`classifier_input_map=True` and the classifier named as the last feature module, the map NORM matches is the
+classifier's input as a [batch, features, 1, 1] map (a ViT's class token), transformed in the classifier's pre-hook.
 """
 from functools import partial
 
@@ -22,7 +24,7 @@ from torch import nn
 class HookedModel(nn.Module):
     """Wraps `model` (logits from `model(x)`) with `forward(x, is_feat=False, preact=False)` and the FT contract."""
 
-    def __init__(self, model, feature_modules, classifier, image_size=224, in_channels=3):
+    def __init__(self, model, feature_modules, classifier, image_size=224, in_channels=3, classifier_input_map=False):
         super().__init__()
         if not feature_modules:
             raise ValueError("HookedModel needs at least one feature module (the last one is the map NORM matches)")
@@ -31,13 +33,21 @@ class HookedModel(nn.Module):
         self.classifier_name = "model." + classifier
         self._captured = None
         self._probe_transform = None  # the stand-in transform of the probe forward
-        modules = [_named_submodule(model, name) for name in feature_modules]
+        self.matched_module_name = feature_modules[-1]
+        # `classifier_input_map` with the classifier named as the last feature module: the map NORM matches is the
+        # classifier's input as a [batch, features, 1, 1] map (a ViT, whose last maps are token sequences),
+        # transformed in the classifier's pre-hook.
+        self._map_at_classifier = classifier_input_map and feature_modules[-1] == classifier
+        if classifier_input_map and not self._map_at_classifier:
+            raise ValueError("classifier_input_map needs the classifier named as the last feature module")
+        hooked_names = feature_modules[:-1] if self._map_at_classifier else feature_modules
+        modules = [_named_submodule(model, name) for name in hooked_names]
         head = _named_submodule(model, classifier)
         if not isinstance(head, nn.Linear):
             raise ValueError(f"classifier {classifier!r} is a {type(head).__name__}; name the nn.Linear that "
                              "takes the pooled feature vector")
         # Hooks are bound methods (through partial), so a deep copy of the wrapper records into the copy.
-        self._slots = len(modules) + 1
+        self._slots = len(feature_modules) + 1
         for slot, module in enumerate(modules):
             module.register_forward_hook(partial(self._on_feature, slot))
         head.register_forward_pre_hook(self._on_classifier_input)
@@ -65,8 +75,23 @@ class HookedModel(nn.Module):
         return output
 
     def _on_classifier_input(self, module, inputs):
+        if not self._map_at_classifier:
+            if self._captured is not None:
+                self._captured[self._slots - 1] = inputs[0]
+            return None
+        pooled = inputs[0]
+        if pooled.dim() != 2:
+            raise ValueError(f"the classifier's input is a {pooled.dim()}-d tensor; name a feature module whose "
+                             "output is a [batch, channels, height, width] map")
+        matched = pooled[:, :, None, None]
+        transform = self.feature_transform if self.feature_transform is not None else self._probe_transform
+        if transform is not None:
+            pooled, matched = transform(matched)
+            pooled = pooled.flatten(1)
         if self._captured is not None:
-            self._captured[self._slots - 1] = inputs[0]
+            self._captured[self._slots - 2] = matched
+            self._captured[self._slots - 1] = pooled
+        return (pooled,) + tuple(inputs[1:])
 
     def forward(self, x, is_feat=False, preact=False):
         # `preact` is accepted for RepDistiller's call signature; hooks see each module's output only.
@@ -82,6 +107,12 @@ class HookedModel(nn.Module):
                                "and do not replace the named modules after wrapping (e.g. SyncBatchNorm conversion "
                                "of a named BatchNorm)")
         return (features, logits) if is_feat else logits
+
+    def get_feat_modules(self):
+        """The wrapped model's top-level modules except the one holding the classifier: what the two-stage methods
+        (FSP, AB) pre-train, as RepDistiller's zoo models return from their own get_feat_modules."""
+        head = self.classifier_name[len("model."):].split(".")[0]
+        return nn.ModuleList([m for name, m in self.model.named_children() if name != head])
 
     @torch.no_grad()
     def _probe(self, image_size, in_channels):

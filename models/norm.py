@@ -76,9 +76,12 @@ def attach_feature_transform(model, teacher_channels, n, mode="residual"):
     if mode == "none":
         model.feature_transform = None
         return model
+    # made on the CPU (the same initial weights wherever the run is) and put where the model is, so that a model
+    # already on its GPU can be probed and trained at once
+    device = next(model.parameters()).device
     model.feature_transform = NormTransform(
         model.transform_in_channels, teacher_channels, n, residual=(mode == "residual"),
-        init=getattr(model, "transform_init", "kaiming"))
+        init=getattr(model, "transform_init", "kaiming")).to(device)
     return model
 
 
@@ -89,7 +92,7 @@ def fold_transform_into_classifier(model):
     """
     ft = model.feature_transform
     if ft is None:
-        return {k: v for k, v in model.state_dict().items()}
+        return _with_metadata({k: v for k, v in model.state_dict().items()}, model.state_dict())
     if not getattr(model, "transform_foldable", False):
         raise ValueError(f"{type(model).__name__}: the feature transform sits before a BatchNorm+ReLU and cannot "
                          "be folded into the classifier")
@@ -100,7 +103,19 @@ def fold_transform_into_classifier(model):
     state = {k: v for k, v in model.state_dict().items() if not k.startswith("feature_transform.")}
     state[model.classifier_name + ".weight"] = weight.clone()
     state[model.classifier_name + ".bias"] = bias.clone()
-    return state
+    return _with_metadata(state, model.state_dict())
+
+
+def _with_metadata(state, source):
+    """`state` as an OrderedDict carrying `source`'s per-module versions (torchvision's MNASNet refuses a state
+    dict without them)."""
+    from collections import OrderedDict
+
+    out = OrderedDict(state)
+    metadata = getattr(source, "_metadata", None)
+    if metadata is not None:
+        out._metadata = OrderedDict((k, v) for k, v in metadata.items() if not k.startswith("feature_transform"))
+    return out
 
 
 def probe_features(model, image_size, in_channels=3):

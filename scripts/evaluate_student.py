@@ -3,6 +3,7 @@
 python scripts/evaluate_student.py --path save/student_model/<run>/resnet8x4_best.pth [--json]
 python scripts/evaluate_student.py --official --path resnet8x4_norm.pth --model_s resnet8x4 -s 8
 python scripts/evaluate_student.py --path resnet8x4.onnx      # ONNX Runtime on CPU; dataset from the file
+python scripts/evaluate_student.py --path student.onnx --data_root photos   # your classes: per-class top-1 too
 """
 import json
 import os
@@ -12,6 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset import build_dataset, num_classes  # noqa: E402
 from helper.runs.checkpoint import load_checkpoint  # noqa: E402
+from helper.deploy import external as external_deploy  # noqa: E402
 from helper.deploy import OnnxStudent  # noqa: E402
 from helper.loaders.loader import eval_loader, worker_count  # noqa: E402
 from helper.training.engine import validate  # noqa: E402
@@ -21,6 +23,7 @@ from helper.teachers.loading import checkpoint_config, load_student  # noqa: E40
 from helper.argtypes import non_negative_int, positive_int  # noqa: E402
 from helper.runtime.device import setup_runtime  # noqa: E402
 from models import imagenet_model_dict, model_dict  # noqa: E402
+from models.external import is_external  # noqa: E402
 
 DEFAULT_WORKERS = 4
 
@@ -45,6 +48,8 @@ def parser():
                    help=f"data-loading workers (default: {DEFAULT_WORKERS}, capped by the CPUs available)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:K (.onnx files run on the CPU)")
     p.add_argument("--json", action="store_true", help="also print one JSON line with the results")
+    p.add_argument("--per_class", action="store_true",
+                   help="also report top-1 per class of an image folder (always, for a model that names its classes)")
     return p
 
 
@@ -99,7 +104,8 @@ def load_onnx(opt):
     if opt.image_size and model.image_size and opt.image_size != model.image_size:
         raise UsageError(f"{opt.path} takes {model.image_size}x{model.image_size} inputs; drop --image_size or "
                          "export the student again at that size")
-    config = {"dataset": model.metadata.get("dataset"), "image_size": model.image_size}
+    config = {"dataset": model.metadata.get("dataset"), "image_size": model.image_size,
+              **{k: model.metadata[k] for k in ("classes", "mean", "std", "folded_from") if k in model.metadata}}
     saved = model.metadata.get("saved_accuracy")
     info = {"model_s": model.metadata.get("model_s", os.path.basename(opt.path)),
             "saved_accuracy": float(saved) if saved not in (None, "", "None") else None}
@@ -113,8 +119,11 @@ def load_checkpoint_student(opt):
     dataset = opt.dataset or config.get("dataset")
     model_s = opt.model_s or config.get("model_s") or config.get("model")
     zoo = imagenet_model_dict if dataset == "imagenet" or model_s in imagenet_model_dict else model_dict
+    external = is_external(model_s)  # torchvision:/timm: students (helper/external_deploy.py)
+    if external:
+        zoo, checkpoint = external_deploy.zoo_for(config), external_deploy.with_hook_prefix(checkpoint)
     model, info = load_student(zoo, checkpoint, opt.path, model_s=model_s, n=opt.co_sponge, ft=opt.ft,
-                               official=opt.official)
+                               official=opt.official, num_classes=config.get("num_classes") if external else None)
     if config.get("norm_variant") and hasattr(model, "prepare_norm_student"):
         model.prepare_norm_student()  # a folded export of NORM's MobileNetV2 variant: no key says so
     return model, info, config
@@ -131,11 +140,27 @@ def evaluate(opt):
     dataset = opt.dataset or config.get("dataset") or ("imagenet" if info["model_s"] in imagenet_model_dict
                                                        else "cifar100")
     root = opt.data_root or ("./data/imagenet" if dataset == "imagenet" else "./data")
-    val = validation_set(model, opt, dataset, root, config)
+    classes = external_deploy.model_classes(config)
+    if classes and dataset == "imagenet":  # a model of your own classes: the folder's, checked by name
+        image_size = opt.image_size or config.get("image_size") or 224
+        split = external_deploy.run_split(config, opt.path)  # a flat folder: the run's validation images only
+        val = external_deploy.folder_eval_set(root, config, int(image_size), split)
+        external_deploy.check_folder_classes(classes, val.classes, opt.path)
+    else:
+        val = validation_set(model, opt, dataset, root, config)
     workers = worker_count(opt.num_workers, DEFAULT_WORKERS, runtime)
-    metrics = validate(runtime.to_device(model), eval_loader(val, opt.batch_size, runtime, workers), runtime)
-    return {"path": opt.path, "model_s": info["model_s"], "dataset": dataset, "top1": metrics["acc1"],
-            "top5": metrics["acc5"], "loss": metrics["loss"], "saved_accuracy": info["saved_accuracy"]}
+    model = runtime.to_device(model)
+    metrics = validate(model, eval_loader(val, opt.batch_size, runtime, workers), runtime)
+    result = {"path": opt.path, "model_s": info["model_s"], "dataset": dataset, "top1": metrics["acc1"],
+              "top5": metrics["acc5"], "loss": metrics["loss"], "saved_accuracy": info["saved_accuracy"]}
+    if classes:
+        result["dataset"] = root  # your folder, not ImageNet
+        result["images"] = len(val)
+        result["split"] = split if split and not os.path.isdir(os.path.join(root, "val")) else None
+    if (classes or opt.per_class) and hasattr(val, "classes"):
+        rows = external_deploy.per_class_accuracy(model, val, runtime, opt.batch_size)
+        result["per_class"] = {name: {"correct": c, "images": t} for name, c, t in rows}
+    return result
 
 
 def main(argv=None):
@@ -143,6 +168,12 @@ def main(argv=None):
     opt = parser().parse_args(argv)
     result = evaluate(opt)
     print(f"{result['model_s']} on {result['dataset']}: top-1 {result['top1']:.2f} top-5 {result['top5']:.2f}")
+    if result.get("split"):
+        print(f"(the {result['images']} validation images listed in {result['split']})")
+    if "per_class" in result:
+        print("per-class top-1 (worst first):")
+        print("\n".join(external_deploy.per_class_table(
+            [(name, row["correct"], row["images"]) for name, row in result["per_class"].items()])))
     if opt.json:
         print(json.dumps(result))
     return result

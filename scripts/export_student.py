@@ -2,7 +2,9 @@
 
 python scripts/export_student.py --path save/student_model/<run>/resnet8x4_best.pth --out resnet8x4_deploy.pth
 python scripts/export_student.py --path <run>/resnet8x4_best.pth --onnx resnet8x4.onnx --report --model_t resnet32x4
-The .pth loads strictly into `models.model_dict[model_s](num_classes=...)` (RepDistiller's {'model': ...} format);
+The .pth loads strictly into `models.model_dict[model_s](num_classes=...)` (RepDistiller's {'model': ...} format;
+a SimKD student's is a models.simkd.SimKDStudent state dict: backbone, projector and the teacher's classifier),
+a torchvision:NAME student's into `torchvision.models.NAME(num_classes=K)` (its ONNX metadata lists the classes);
 the .onnx has a dynamic batch axis. Every output is checked on a fixed batch of images in the dataset's test format
 against the student with its transform (the .onnx by ONNX Runtime on CPU) and written only when it agrees.
 """
@@ -14,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from helper import deploy  # noqa: E402
+from helper.deploy import external as external_deploy  # noqa: E402
 from helper.runs.checkpoint import load_checkpoint, model_state, save_atomic  # noqa: E402
 from helper.cli.entry import ArgumentParser, run_cli  # noqa: E402
 from helper.errors import UsageError  # noqa: E402
@@ -21,6 +24,7 @@ from helper.runs.files import is_run_folder, write_bytes_atomic  # noqa: E402
 from helper.teachers.loading import build_model, checkpoint_config, load_model_state, load_student  # noqa: E402
 from helper.argtypes import positive_int  # noqa: E402
 from models import imagenet_model_dict, model_dict  # noqa: E402
+from models.external import is_external  # noqa: E402
 
 FORMATS = ("pt", "onnx", "both")
 
@@ -128,6 +132,8 @@ def report_teacher(opt, config, zoo, num_classes):
     if not name:
         raise UsageError("--report needs the teacher: pass --model_t NAME (its cost does not depend on its weights) "
                          "or --path_t FILE")
+    if is_external(name):  # built with the teacher's own module choices, not the student's
+        zoo = external_deploy.zoo_for(config, role="t")
     return name, build_model(zoo, name, num_classes, "--model_t")
 
 
@@ -137,8 +143,10 @@ def cost_report(opt, config, zoo, model, deployed, name, image_size):
     teacher_name, teacher = report_teacher(opt, config, zoo, num_classes)
     shape = (1, 3, image_size, image_size)
     kept = " + FT as one 1x1 conv" if deployed.kind == "kept_ft" else ""
+    trained = ("student as trained (with projector and the teacher's classifier)" if deployed.kind == "simkd" else
+               "student as trained (with FT)")
     rows = deploy.cost_rows([(teacher_name, "teacher", teacher),
-                             (name, "student as trained (with FT)", model),
+                             (name, trained, model),
                              (name + kept, "deployed student", deployed.module)], shape)
     return deploy.cost_table(rows, shape)
 
@@ -150,12 +158,20 @@ def export(opt):
     config = checkpoint_config(checkpoint)
     model_s = opt.model_s or config.get("model_s") or config.get("model")
     zoo = imagenet_model_dict if model_s in imagenet_model_dict else model_dict
-    imagenet = zoo is imagenet_model_dict
+    external = is_external(model_s)  # torchvision:/timm: students (helper/external_deploy.py)
+    if external:
+        zoo, checkpoint = external_deploy.zoo_for(config), external_deploy.with_hook_prefix(checkpoint)
+    imagenet = zoo is imagenet_model_dict or (external and config.get("dataset") in (None, "imagenet"))
     model, info = load_student(zoo, checkpoint, opt.path, model_s=model_s, n=opt.co_sponge, ft=opt.ft,
-                               official=opt.official)
+                               official=opt.official, num_classes=config.get("num_classes") if external else None)
     model.eval()
     name = info["model_s"]
     foldable = model.feature_transform is None or getattr(model, "transform_foldable", False)
+    if pt_path and not foldable and external:
+        raise UsageError(f"{name}: layers other than global average pooling sit between the map NORM matches "
+                         f"({model.matched_module_name}) and the classifier, so the transform cannot be folded and no "
+                         f"plain {name} .pth exists; export it with --onnx FILE.onnx (the transform kept as one 1x1 "
+                         "convolution) or deploy the checkpoint as it is")
     if pt_path and not foldable:
         raise UsageError(f"{name}: its transform sits before the final BatchNorm+ReLU, so it cannot be folded into "
                          "the classifier and no plain .pth exists; export it with --onnx FILE.onnx (the transform "
@@ -169,17 +185,22 @@ def export(opt):
         lines = []
         if not foldable:
             conv = deployed.module.feature_transform.conv
-            lines.append(f"note: {name}'s transform cannot be folded into the classifier (it sits before the final "
-                         f"BatchNorm+ReLU): the ONNX model keeps it as one {conv.in_channels}->{conv.out_channels} "
-                         "1x1 convolution with bias (both BatchNorms and the identity folded in)")
+            where = (f"layers other than global average pooling follow {model.matched_module_name}" if external
+                     else "it sits before the final BatchNorm+ReLU")
+            lines.append(f"note: {name}'s transform cannot be folded into the classifier ({where}): the ONNX model "
+                         f"keeps it as one {conv.in_channels}->{conv.out_channels} 1x1 convolution with bias (both "
+                         "BatchNorms and the identity folded in)")
         variant = getattr(model, "norm_student", False)
         exported = exported_config(config, info, opt, variant, imagenet)
+        if external:
+            exported.update(external_deploy.config_extras(config))
         pt_check = onnx_check = data = None
         if pt_path:
             pt_check = deploy.require(deploy.compare(reference, deployed.module(images)), deploy.FOLD_TOLERANCE,
                                       "the folded .pth model")
         if onnx_path:
-            metadata = {**{("model_s" if key == "model" else key): value for key, value in exported.items()},
+            metadata = {**{("model_s" if key == "model" else key): external_deploy.metadata_value(value)
+                           for key, value in exported.items()},
                         "num_classes": reference.shape[1], "deployed": deployed.kind,
                         "saved_accuracy": info["saved_accuracy"]}
             data = deploy.onnx_bytes(deployed.module, images[:2], metadata)
@@ -187,7 +208,8 @@ def export(opt):
                                         "ONNX Runtime on the exported model")
     if pt_path:  # written only after every requested output passed its check
         prepare_out(pt_path, "--out")
-        save_atomic({"model": deployed.state, "epoch": None, "accuracy": info["saved_accuracy"],
+        state = external_deploy.library_state(deployed.state) if external else deployed.state
+        save_atomic({"model": state, "epoch": None, "accuracy": info["saved_accuracy"],
                      "config": exported}, pt_path)
         lines.append(f"wrote {pt_path}; {deploy.describe(pt_check, deploy.FOLD_TOLERANCE)}")
     if onnx_path:
@@ -195,6 +217,9 @@ def export(opt):
         write_bytes_atomic(data, onnx_path)
         lines.append(f"wrote {onnx_path} (ONNX opset {deploy.OPSET}, dynamic batch axis, checked by ONNX Runtime "
                      f"on CPU at batch {images.shape[0]} and 1); {deploy.describe(onnx_check, deploy.ONNX_TOLERANCE)}")
+    if deployed.kind == "simkd":
+        lines.append(f"note: a SimKD student deploys as {name} + its projector + the teacher's classifier "
+                     "(models.simkd.SimKDStudent; the .pth is its state dict, which evaluate_student.py loads)")
     if variant and pt_path:
         lines.append("note: load the .pth into MobileNetV2(num_classes=..., norm_student=True), NORM's student "
                      "variant without ReLU after conv1 and conv2")

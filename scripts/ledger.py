@@ -46,6 +46,15 @@ METHODS = {
     "CRD": ("train_cifar_student.py", ["--distill", "crd", "-a", "0", "-b", "0.8"]),
     "NORM+CRD": ("train_cifar_student.py", ["--distill", "NORM_CRD", "-r", "1", "-a", "0", "-b", "1"]),
     "FitNet": ("train_cifar_student.py", ["--distill", "hint", "-a", "0", "-b", "100"]),
+    # the rest of the field, each with its reference's defaults (which --distill NAME applies)
+    "DKD": ("train_cifar_student.py", ["--distill", "dkd"]),
+    "ReviewKD": ("train_cifar_student.py", ["--distill", "reviewkd"]),
+    "OFD": ("train_cifar_student.py", ["--distill", "ofd"]),
+    "SimKD": ("train_cifar_student.py", ["--distill", "simkd"]),
+    "SRRL": ("train_cifar_student.py", ["--distill", "srrl"]),
+    "SemCKD": ("train_cifar_student.py", ["--distill", "semckd"]),
+    "DIST": ("train_cifar_student.py", ["--distill", "dist"]),
+    "KD+LS": ("train_cifar_student.py", ["--distill", "kd", "--logit_standardize"]),
 }
 NORM_METHODS = ("NORM", "NORM+KD", "NORM+CRD")
 INTERRUPTED = (128 + signal.SIGINT, 128 + signal.SIGTERM)  # a run stopped by a signal exits 128 + its number

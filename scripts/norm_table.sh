@@ -1,23 +1,29 @@
-# Sourced (not run) by table1.sh and table2.sh once they have set PAIRS, an array of "teacher student r" lines;
+# Sourced (not run) by table1.sh, table2.sh and table_field.sh once they have set PAIRS, an array of
+# "teacher student r" lines (r: NORM's CE weight for the pair), and optionally TABLE_METHODS (the default METHODS);
 # runs every selected pair x method x trial with train_cifar_student.py, passing the caller's arguments through.
 # The environment variables it reads are documented in table1.sh.
 
 cd "$REPO_ROOT"
 read -r -a trials <<<"${TRIALS:-1 2 3}"
-read -r -a methods <<<"${METHODS:-NORM NORM+KD NORM+CRD}"
+read -r -a methods <<<"${METHODS:-${TABLE_METHODS:-NORM NORM+KD NORM+CRD}}"
+KNOWN_METHODS="NORM NORM+KD NORM+CRD KD DKD ReviewKD OFD SimKD SRRL SemCKD DIST KD+LS"
 read -r -a only <<<"${ONLY:-}"
 TEACHER_DIR="${TEACHER_DIR:-save/models}"
 KD_WEIGHT="${KD_WEIGHT:-1}"  # -a of NORM+KD: the official code does not give it
 
-method_flags() {  # METHOD -> the flags that select it, in the global array `flags`
+method_flags() {  # METHOD R -> the flags that select it, in the global array `flags`
+    # NORM's runs: the pair's CE weight R, -b 1 -s 8. The other methods run with their reference's defaults, which
+    # --distill NAME applies by itself (per pair where the reference sets them per pair, e.g. DKD's beta).
     case "$1" in
-        NORM) flags=(--distill NORM -a 0) ;;
-        NORM+KD) flags=(--distill NORM -a "$KD_WEIGHT") ;;
-        NORM+CRD) flags=(--distill NORM_CRD -a 0) ;;  # CRD term weight: --crd_weight, default 2.5 as officially
-        *) die "unknown method '$1' in METHODS; choose from NORM NORM+KD NORM+CRD" ;;
+        NORM) flags=(--distill NORM -r "$2" -a 0 -b 1 -s 8) ;;
+        NORM+KD) flags=(--distill NORM -r "$2" -a "$KD_WEIGHT" -b 1 -s 8) ;;
+        NORM+CRD) flags=(--distill NORM_CRD -r "$2" -a 0 -b 1 -s 8) ;;  # CRD weight: --crd_weight, 2.5 officially
+        KD|DKD|ReviewKD|OFD|SimKD|SRRL|SemCKD|DIST) flags=(--distill "${1,,}") ;;
+        KD+LS) flags=(--distill kd --logit_standardize) ;;  # KD on z-scored logits with the reference's T and weight
+        *) die "unknown method '$1' in METHODS; choose from $KNOWN_METHODS" ;;
     esac
 }
-for method in "${methods[@]}"; do method_flags "$method"; done
+for method in "${methods[@]}"; do method_flags "$method" 1; done
 
 selected=()
 for pair in "${PAIRS[@]}"; do
@@ -51,11 +57,10 @@ for trial in "${trials[@]}"; do
         read -r t s r <<<"$pair"
         for method in "${methods[@]}"; do
             count=$((count + 1))
-            method_flags "$method"
+            method_flags "$method" "$r"
             say "=== [$count/$total] $t -> $s $method trial $trial ==="
             cmd=("$PYTHON" train_cifar_student.py --path_t "$TEACHER_DIR/${t}_vanilla/ckpt_epoch_240.pth"
-                 --model_t "$t" --model_s "$s" "${flags[@]:0:2}" -r "$r" "${flags[@]:2}" -b 1 -s 8 --trial "$trial"
-                 "$@")
+                 --model_t "$t" --model_s "$s" "${flags[@]}" --trial "$trial" "$@")
             if [[ "${KEEP_GOING:-0}" == 1 ]]; then
                 run "${cmd[@]}" || failed+=("$t->$s $method trial $trial")
             else

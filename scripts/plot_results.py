@@ -36,10 +36,11 @@ from scripts.summarize_results import (LABEL_ORDER, InputError, label_and_settin
 # how the methods are named in plots and reports (the results files keep the --distill names)
 DISPLAY = {"kd": "KD", "hint": "FitNet", "crd": "CRD", "attention": "AT", "similarity": "SP", "correlation": "CC",
            "vid": "VID", "rkd": "RKD", "pkt": "PKT", "abound": "AB", "factor": "FT", "fsp": "FSP", "nst": "NST",
-           "kdsvd": "KDSVD"}
+           "kdsvd": "KDSVD", "dkd": "DKD", "reviewkd": "ReviewKD", "ofd": "OFD", "simkd": "SimKD", "srrl": "SRRL",
+           "semckd": "SemCKD", "dist": "DIST", "kd+LS": "KD+LS", "dkd+LS": "DKD+LS"}
 CURVE_LABELS = {"test_acc": "test top-1 (%)", "lr": "learning rate", "beta1": "β1 (NORM weight schedule)",
                 "train_acc1": "train top-1 (%)", "test_loss": "test loss"}
-OURS_LABEL, PAPER_LABEL = "ours (mean ± std)", "paper (official README)"  # the bar series' legend labels
+OURS_LABEL, PAPER_LABEL = "ours (mean ± std)", "published (NORM README; other methods: their own)"  # the bar series' legend labels
 PLAIN_KEYS = ("test_acc", "lr", "beta1")  # the default panels besides the loss terms
 CORE_KEYS = ("test_acc", "lr", "loss/total")  # what every run logs: one missing sends read_curves to TensorBoard
 

@@ -5,9 +5,10 @@ python scripts/summarize_results.py [save/results.jsonl] [--last] [--json]
 Runs are grouped by dataset, teacher, student, method, the settings that change what is learned (r, a, b and, for
 NORM, N and a non-default transform) and the number of epochs. The method label is NORM, NORM+KD (NORM with a KD
 weight -a > 0), NORM+CRD (--distill NORM_CRD), vanilla (a model trained alone by train_cifar_teacher.py) or the
---distill name. The ± is the sample standard deviation over the trials (n - 1 in the denominator); with one trial
-there is none. The paper column holds the official README's numbers (its Tables 1-3: top-1 means over trials),
-"—" where the paper has none.
+--distill name (with "+LS" under --logit_standardize). The ± is the sample standard deviation over the trials (n - 1
+in the denominator); with one trial there is none. The paper column holds the official NORM README's numbers (its
+Tables 1-3: top-1 means over trials) and, for the other methods on the paper's five CIFAR pairs, the number their
+own paper or README publishes; "—" where none is published.
 """
 import json
 import math
@@ -49,6 +50,27 @@ for (_t, _s), _values in _TABLE1.items():
         PAPER[("cifar100", _t, _s, _label)] = _value
 PAPER.update({("cifar100", None, _name, "vanilla"): _value for _name, _value in _VANILLA.items()})
 
+# The rest of the field on the paper's five CIFAR-100 pairs, as each method's own paper or README publishes it (each
+# trained with its reference's recipe and, for ReviewKD and SimKD, its own teachers: orientation, not a like-for-like
+# comparison). Keys: the labels below (the --distill name; "+LS" with --logit_standardize). None: none published.
+FIELD_PAIRS = (("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("resnet56", "resnet20"), ("vgg13", "vgg8"),
+               ("resnet32x4", "ShuffleV2"))
+_FIELD = {
+    "dkd": (76.32, 76.23, 71.97, 74.68, 77.07),  # mdistiller README
+    "reviewkd": (75.63, 76.12, 71.89, 74.84, 77.78),  # ReviewKD paper (CVPR 2021)
+    "ofd": (74.95, 75.24, 70.98, 73.95, 76.82),  # as cited in the ReviewKD and DKD papers
+    "simkd": (78.08, None, None, None, None),  # DefangChen/SimKD README (its own resnet32x4 teacher)
+    "srrl": (75.39, None, None, None, None),  # DefangChen/SimKD README
+    "semckd": (76.23, None, None, 74.43, 77.62),  # SemCKD (AAAI 2021), as cited by the NORM paper
+    "dist": (76.31, None, 71.75, None, 77.35),  # hunto/DIST_KD README (logs v0.0.2)
+    "kd+LS": (76.62, 76.11, 71.43, 74.36, 75.56),  # sunshangquan/logit-standardization-KD README
+    "dkd+LS": (77.01, 76.39, 72.32, 74.81, 77.37),  # same
+}
+for _label, _values in _FIELD.items():
+    for (_t, _s), _value in zip(FIELD_PAIRS, _values):
+        if _value is not None:
+            PAPER[("cifar100", _t, _s, _label)] = _value
+
 REQUIRED = {"teacher": (str, type(None)), "student": str, "method": str, "dataset": str,
             "best_acc": (int, float), "last_acc": (int, float)}
 NORM_DEFAULTS = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}  # distiller_zoo/norm.py
@@ -80,6 +102,8 @@ def label_and_settings(record):
         label = "NORM+CRD+KD" if with_kd else "NORM+CRD"
     else:
         label = method
+    if config.get("logit_standardize"):
+        label += "+LS"
     norm = method in ("NORM", "NORM_CRD")
     if norm and config.get("ft") not in (None, "residual"):
         label += " (plain FT)" if config["ft"] == "plain" else " (no FT)"
@@ -95,6 +119,8 @@ def label_and_settings(record):
         parts.append(f"N={config['co_sponge']}")
     if method == "NORM_CRD" and _number(config.get("crd_weight")) and config["crd_weight"] != 2.5:
         parts.append(f"crd={_fmt_number(config['crd_weight'])}")
+    if method == "simkd" and _number(config.get("simkd_factor")) and config["simkd_factor"] != 2:
+        parts.append(f"f={config['simkd_factor']}")  # the projector's bottleneck (the reference's -f)
     if norm and config.get("norm_schedule") not in (None, "official"):
         parts.append(f"β1 {config['norm_schedule']}")
     return label, " ".join(parts)

@@ -14,6 +14,12 @@ from tests.datafakes import write_tiny_cifar  # noqa: E402
 torch.set_num_threads(1)  # tiny tensors: threads cost more than they give
 
 
+def pytest_configure(config):
+    """Register this suite's markers (they run in the normal suite; -m selects them)."""
+    config.addinivalue_line("markers", "fake_cuda: device placement on a fake CUDA device (tests/fake_cuda.py)")
+    config.addinivalue_line("markers", "on_device: needs $GPU_CHECK_DEVICE (benchmarks/gpu_check.sh runs them)")
+
+
 @pytest.fixture(scope="session")
 def tiny_cifar(tmp_path_factory):
     """A learnable 100-class CIFAR-100 with 64 train / 32 test images, in the real pickle layout."""

@@ -17,7 +17,7 @@ import train_cifar_teacher
 from dataset import CIFAR, FashionMNIST, ImageFolderWithIndex
 from helper.runs.checkpoint import load_checkpoint
 from helper.errors import UsageError
-from helper.teachers.loading import load_student
+from helper.teachers.loading import load_model_file, load_student
 from models import model_dict
 from models.imagenet.mobilenet import MobileNet
 from models.norm import attach_feature_transform, fold_transform_into_classifier
@@ -303,6 +303,25 @@ def test_official_student_without_official_flag_says_pass_official(tmp_path):
                                          "pass --official"):
         load_student(model_dict, load_checkpoint(str(path)), str(path), model_s="resnet8", n=2)
 
+
+@pytest.mark.parametrize("kind", ["ours", "official"])
+def test_student_of_another_architecture_names_the_one_it_holds(capsys, tmp_path, kind):
+    from scripts import evaluate_student
+
+    path = _our_student(tmp_path, "resnet8x4", c_t=32)[0] if kind == "ours" else _official_student(
+        tmp_path, "resnet8x4", c_t=32)
+    official = ["--official"] if kind == "official" else []
+    err = fails(evaluate_student.main, ["--path", str(path), *official, "--model_s", "resnet20", "-s", "2"], capsys)
+    assert "does not fit --model_s resnet20" in err, err
+    assert "it holds a resnet8x4 with a feature transform: pass --model_s resnet8x4" in err, err
+
+
+def test_file_of_another_class_count_names_its_architecture_and_classes(tmp_path):
+    path = tmp_path / "resnet8_10.pth"
+    torch.save({"model": model_dict["resnet8"](num_classes=10).state_dict()}, path)
+    with pytest.raises(UsageError, match="it holds a resnet8 with 10 classes .not 100.: pass --model_t resnet8 and "
+                                         "the --dataset it was trained on"):
+        load_model_file(model_dict, "resnet20", str(path), 100)
 
 # ---------------------------------------------------------------------------------------------------------------
 # ImageNet MobileNet at any --image_size

@@ -67,3 +67,15 @@ def test_epoch_check_reports_epoch_times_and_accuracies(tmp_path):
     markdown = (out / "epoch_check.md").read_text()
     assert re.search(r"^\| fast \| `--gpu_data --channels_last` \| [\d.]+ \| [\d.]+ \| \d+ \| [\d.]+x \|$", markdown,
                      re.M)
+
+
+def test_bench_methods_prints_each_method_against_norm():
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_methods.py"), "--pair",
+                          "resnet8:resnet8", "--methods", "NORM,DKD,SimKD,NORM+DKD", "--steps", "1", "--rounds", "1",
+                          "--warmup", "0", "--batch_size", "4", "--n_data", "16"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:4] for line in out.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| method")}
+    assert list(rows) == ["NORM", "DKD", "SimKD", "NORM+DKD"]
+    assert float(rows["NORM"][1]) == 1.0 and all(float(images) > 0 for images, _ in rows.values())

@@ -217,8 +217,10 @@ def test_gids_starts_one_process_per_id_like_torchrun(tiny_cifar, teacher_file, 
         assert torch.equal(value, b["model"][key]), key
 
 
-@pytest.mark.parametrize("gids,needle", [("0,x", "distinct GPU ids"), ("1,1", "distinct GPU ids"),
-                                         ("0", "no CUDA device is available")])
+@pytest.mark.parametrize("gids,needle", [("0,x", "distinct GPU ids"), ("1,1", "an id is repeated"),
+                                         ("0,,1", "an empty id"), ("0,1,", "an empty id"), ("", "an empty id"),
+                                         ("0, 1", "no spaces or signs"), ("-1", "no spaces or signs"),
+                                         ("+1", "no spaces or signs"), ("0", "no CUDA device is available")])
 def test_bad_gids_are_one_line(capsys, tiny_cifar, teacher_file, tmp_path, gids, needle, monkeypatch):
     import train_cifar_student
     from helper.cli.entry import run_cli
@@ -229,4 +231,13 @@ def test_bad_gids_are_one_line(capsys, tiny_cifar, teacher_file, tmp_path, gids,
                                            "--save_root", str(tmp_path), *ARGS, f"--gids={gids}"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "student_model").exists()
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_gids_grammar():
+    from helper.argtypes import gpu_id_list
+
+    assert gpu_id_list("0") == [0] and gpu_id_list("3,1,2") == [3, 1, 2] and gpu_id_list("10,11") == [10, 11]
+    for bad in ("0,,1", ",0", "0,", "", " 0", "0 ,1", "-1", "+1", "1,1", "0x1", "1.0", "\u0663"):
+        with pytest.raises(ValueError):
+            gpu_id_list(bad)

@@ -115,3 +115,19 @@ def test_attempt_records_survive_a_torn_or_edited_line(tmp_path, capsys):
     assert attempts == {"a": {"cell": "a", "status": "done"}, "b": {"cell": "b", "status": "done"}}
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "line 3 of" in err[0] and "line 4 of" in err[1]
+
+
+def test_the_default_grid_holds_the_whole_field_and_each_cell_command_parses():
+    import train_cifar_student
+    from helper.cli.parser import student_parser
+
+    field = {"DKD", "ReviewKD", "OFD", "SimKD", "SRRL", "SemCKD", "DIST", "KD+LS"}
+    opt = ledger.parser().parse_args(["--out", "x"])
+    assert field <= set(opt.methods) and len(opt.seeds) == 3
+    parse = student_parser(train_cifar_student.CIFAR_PROFILE).parse_args
+    for method in sorted(field):
+        cell = ledger.Cell(method, 0)
+        argv = ledger.cell_command(opt, cell, "/data", "/save", teacher_path="/t.pth")
+        parsed = parse(argv[2:])  # the student script accepts the cell's flags
+        assert parsed.distill.lower() == ledger.METHODS[method][1][1]
+        assert bool(getattr(parsed, "logit_standardize", False)) == (method == "KD+LS")

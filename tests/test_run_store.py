@@ -339,19 +339,18 @@ def test_a_read_only_run_folder_is_refused_in_one_line(tiny_cifar, tmp_path, mon
 
 
 def test_an_unwritable_lock_file_is_refused_in_one_line_naming_the_folder(tiny_cifar, tmp_path, monkeypatch, capsys):
-    import builtins
-
     import helper.runs.store as run_store
 
     run = interrupted_run(tiny_cifar, tmp_path, monkeypatch)
     before = snapshot(run)
+    real_open = os.open
 
     def read_only_open(path, *args, **kwargs):  # what a read-only folder does for a user without root's override
         if os.path.basename(str(path)) == ".lock":
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
-        return builtins.open(path, *args, **kwargs)
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(run_store, "open", read_only_open, raising=False)
+    monkeypatch.setattr(run_store.os, "open", read_only_open)
     err = refused_in_one_line(capsys, train_cifar_teacher.main, teacher_args(tiny_cifar, tmp_path, "--resume"))
     assert err.startswith(f"error: the run folder {run} is not writable (cannot write {run / '.lock'}: "
                           "Permission denied); make it writable")
@@ -371,7 +370,8 @@ def test_a_file_system_without_file_locks_is_refused_in_one_line(tiny_cifar, tmp
     real_flock = fcntl.flock
 
     def no_locks(handle, operation):
-        if os.path.basename(getattr(handle, "name", "")) == ".lock":
+        name = os.readlink(f"/proc/self/fd/{handle}") if isinstance(handle, int) else getattr(handle, "name", "")
+        if os.path.basename(name) == ".lock":
             raise OSError(code, os.strerror(code))
         return real_flock(handle, operation)
 

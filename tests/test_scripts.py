@@ -3,6 +3,7 @@ import functools
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tarfile
@@ -13,7 +14,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = os.path.join(ROOT, "scripts")
 SHELL_SCRIPTS = ["common.sh", "demo.sh", "fetch_pretrained_imagenet_teacher.sh", "fetch_pretrained_teachers.sh",
-                 "norm_table.sh", "table1.sh", "table2.sh", "train_cifar_teacher.sh", "train_imagenet_norm.sh",
+                 "norm_table.sh", "table1.sh", "table2.sh", "table_field.sh", "train_cifar_teacher.sh", "train_imagenet_norm.sh",
                  "train_imagenet_resnet50_mobilenet.sh"]
 
 TABLE1 = {("wrn_40_2", "wrn_16_2"): "1", ("wrn_40_2", "wrn_40_1"): "1", ("resnet56", "resnet20"): "1",
@@ -42,7 +43,12 @@ def no_network(tmp_path):
 def this_python_as_python3():
     """A folder whose `python3` is the interpreter running the tests (a venv's, even when it is not activated)."""
     folder = tempfile.mkdtemp(prefix="python3-")
-    os.symlink(sys.executable, os.path.join(folder, "python3"))
+    # A wrapper that execs the interpreter by its own path, not a symlink to it: a venv's interpreter finds its venv
+    # (pyvenv.cfg) beside the path it is started by, so a symlink in another folder would start the bare base Python.
+    shim = os.path.join(folder, "python3")
+    with open(shim, "w") as handle:
+        handle.write(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+    os.chmod(shim, 0o755)
     return folder
 
 
@@ -106,6 +112,39 @@ def test_table_dry_run_via_env_and_filters():
     assert bad.returncode == 1 and "no pair 'resnet32x4:resnet8x4'" in bad.stderr
     bad = sh("table1.sh", "--dry-run", env={"METHODS": "NORM+FOO"})
     assert bad.returncode == 1 and "unknown method" in bad.stderr
+
+
+FIELD_PAIRS = {("resnet32x4", "resnet8x4"): "0.1", ("wrn_40_2", "wrn_16_2"): "1", ("resnet56", "resnet20"): "1",
+               ("vgg13", "vgg8"): "1", ("resnet32x4", "ShuffleV2"): "1"}
+FIELD_METHODS = {"NORM": ["--distill", "NORM", "-r", None, "-a", "0", "-b", "1", "-s", "8"],
+                 "NORM+KD": ["--distill", "NORM", "-r", None, "-a", "1", "-b", "1", "-s", "8"],
+                 "DKD": ["--distill", "dkd"], "ReviewKD": ["--distill", "reviewkd"], "OFD": ["--distill", "ofd"],
+                 "SimKD": ["--distill", "simkd"], "SRRL": ["--distill", "srrl"], "SemCKD": ["--distill", "semckd"],
+                 "DIST": ["--distill", "dist"], "KD+LS": ["--distill", "kd", "--logit_standardize"]}
+
+
+def test_field_table_dry_run_runs_each_method_with_its_own_defaults():
+    out = sh("table_field.sh", "--dry-run", "--epochs", "1")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 5 * 10 * 3
+    seen = set()
+    for line in lines:
+        words = line.split()
+        t, s, trial = flag(line, "--model_t"), flag(line, "--model_s"), flag(line, "--trial")
+        method_words = words[words.index("--distill"):words.index("--trial")]
+        (method,) = [m for m, expected in FIELD_METHODS.items()
+                     if [w if e is not None else None for w, e in zip(method_words, expected)] == expected
+                     and len(method_words) == len(expected)]
+        if method.startswith("NORM"):
+            assert flag(line, "-r") == FIELD_PAIRS[(t, s)]  # NORM's per-pair CE weight; the others their defaults
+        assert words[-2:] == ["--epochs", "1"]
+        seen.add((t, s, method, trial))
+    assert seen == {(t, s, m, trial) for (t, s) in FIELD_PAIRS for m in FIELD_METHODS for trial in "123"}
+    only = sh("table_field.sh", "--dry-run", env={"ONLY": "vgg13:vgg8", "METHODS": "DKD KD+LS", "TRIALS": "1"})
+    assert only.stdout.splitlines() == [
+        "python3 train_cifar_student.py --path_t save/models/vgg13_vanilla/ckpt_epoch_240.pth --model_t vgg13 "
+        f"--model_s vgg8 {' '.join(FIELD_METHODS[m])} --trial 1" for m in ("DKD", "KD+LS")]
 
 
 def test_table_without_teachers_stops_before_training(tmp_path):
@@ -288,6 +327,21 @@ def test_summary_groups_labels_and_statistics(results):
     assert (norm["paper"], kd["paper"], rows["NORM+CRD"]["paper"]) == (76.49, 76.98, 76.49)
     assert rows["vanilla"]["teacher"] is None and rows["vanilla"]["paper"] == 72.87
     assert rows["kd"]["paper"] is None and rows["kd"]["settings"] == "r=0.1 a=0.9 b=0"
+
+
+def test_summary_puts_each_methods_published_number_beside_ours(tmp_path):
+    rows = [record("resnet32x4", "resnet8x4", "dkd", 1, 76.0, 75.5, gamma=1.0, alpha=0.0, beta=8.0),
+            record("vgg13", "vgg8", "kd", 1, 74.0, 73.0, gamma=0.1, alpha=9.0, logit_standardize=True),
+            record("resnet56", "resnet20", "simkd", 1, 70.0, 70.0, gamma=0.0, alpha=0.0, beta=1.0),
+            record("resnet32x4", "ShuffleV2", "reviewkd", 1, 77.0, 77.0, gamma=1.0, alpha=0.0, beta=8.0)]
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = summarize(path, "--json")
+    assert out.returncode == 0, out.stderr
+    paper = {(r["student"], r["method"]): r["paper"] for r in json.loads(out.stdout)}
+    # DKD: mdistiller's README; KD+LS: the logit-standardization README; SimKD publishes nothing for resnet20
+    assert paper == {("resnet8x4", "dkd"): 76.32, ("vgg8", "kd+LS"): 74.36, ("resnet20", "simkd"): None,
+                     ("ShuffleV2", "reviewkd"): 77.78}
 
 
 def test_summary_markdown_and_last_column(results):

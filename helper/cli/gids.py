@@ -6,19 +6,17 @@ import sys
 
 import torch
 
-from helper.runtime.distributed import per_process_batch
+from helper.argtypes import gpu_id_list
 from helper.errors import UsageError
+from helper.runtime.distributed import per_process_batch
 
 
 def parse_gids(text):
-    """'0,1,2' -> [0, 1, 2]; a one-line error for anything else."""
+    """'0,1,2' -> [0, 1, 2]; a one-line UsageError for anything else (the grammar: helper.argtypes.gpu_id_list)."""
     try:
-        ids = [int(x) for x in str(text).split(",") if x.strip()]
-    except ValueError:
-        ids = None
-    if not ids or any(i < 0 for i in ids) or len(set(ids)) != len(ids):
-        raise UsageError(f"--gids {text!r}: give distinct GPU ids separated by commas, e.g. --gids 0,1,2,3")
-    return ids
+        return gpu_id_list(text)
+    except ValueError as err:
+        raise UsageError(f"--gids {err}") from None
 
 
 def torchrun_command(script, argv, nproc):
@@ -43,11 +41,14 @@ def apply_gids(gids, *, device, batch_size, sync_bn, script, argv, before_spawn=
         if not torch.cuda.is_available():
             raise UsageError(f"--gids {gids} names GPUs but no CUDA device is available; drop --gids (or add "
                              "--device cpu)")
+        # the ids have one meaning: indices among the GPUs this process sees, as in cuda:K (with
+        # CUDA_VISIBLE_DEVICES=2,3 set, id 1 is physical GPU 3 for one id and for several)
         count = torch.cuda.device_count()
         missing = [i for i in ids if i >= count]
-        if missing and "CUDA_VISIBLE_DEVICES" not in os.environ:
-            raise UsageError(f"--gids {gids}: this machine has {count} GPU(s) (ids 0..{count - 1}); choose ids "
-                             "among them")
+        if missing and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            raise UsageError(f"--gids {gids}: this process sees {count} GPU(s) (ids 0..{count - 1}"
+                             f"{', among CUDA_VISIBLE_DEVICES' if 'CUDA_VISIBLE_DEVICES' in os.environ else ''}); "
+                             "choose ids among them")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return device, None  # a process torchrun started: it takes cuda:LOCAL_RANK among the visible ids
     if len(ids) == 1:
@@ -60,8 +61,19 @@ def apply_gids(gids, *, device, batch_size, sync_bn, script, argv, before_spawn=
         before_spawn()
     env = dict(os.environ)
     if not on_cpu:
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in ids)
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(visible_device_names(ids))
     return device, run_forwarding_signals(torchrun_command(script, argv, len(ids)), env)
+
+
+def visible_device_names(ids):
+    """CUDA_VISIBLE_DEVICES entries for the visible-GPU indices `ids`: the ids themselves when the variable is unset,
+    else its entries at those positions (numbers, GPU-UUIDs or MIG names alike), so that the children see the very
+    GPUs that cuda:ID names in this process."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return [str(i) for i in ids]
+    entries = [entry.strip() for entry in visible.split(",")]
+    return [entries[i] for i in ids]
 
 
 def run_forwarding_signals(command, env):

@@ -8,7 +8,7 @@ import sys
 from types import MappingProxyType
 
 from helper.cli import student, teacher
-from helper.cli.gids import apply_gids
+from helper.cli.gids import apply_gids, parse_gids
 from helper.cli.parser import resolve_seed, student_parser, teacher_parser
 from helper.loaders.loader import LoaderSettings, build_loaders, load_datasets
 from helper.runs.config import run_config
@@ -32,6 +32,8 @@ def main(profile, argv=None):
     job = resolve(profile, parser(profile).parse_args(argv))
     options = job.options
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1 and options["gids"]:  # the --gids parent: its command runs in len(ids) processes
+        world = len(parse_gids(options["gids"]))
     per_process_batch(options["batch_size"], world)  # refused before anything loads
     store = prepare_run_dir(job.run_dir, job.name, run_config(options, world), resume=options["resume"],
                             save_root=options["save_root"], rank=rank)

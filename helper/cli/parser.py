@@ -4,8 +4,9 @@ import secrets
 
 from dataset.fashion_mnist import DEFAULT_ROOT
 from distiller_zoo import METHODS, method_name
-from helper.argtypes import (finite_float, fraction_below_one, int_list, non_negative_float, non_negative_int,
-                             positive_float, positive_int, seed_int, trial_name)
+from distiller_zoo.compose import beta_weights
+from helper.argtypes import (finite_float, fraction_below_one, gpu_ids, int_list, non_negative_float,
+                             non_negative_int, positive_float, positive_int, seed_int, trial_name)
 from helper.cli.entry import ArgumentParser
 from helper.errors import UsageError
 from helper.runs.config import saved_config
@@ -50,14 +51,16 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
                    help="force tqdm progress bars (default: only on a terminal)")
     g = p.add_argument_group("device and speed")
     g.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:K")
-    g.add_argument("--gids", default=None,
+    g.add_argument("--gids", type=gpu_ids, default=None,
                    help="the official GPU ids, e.g. 0,1,2,3: one id runs on that GPU, several start DDP over them "
-                        "(one process each, as torchrun; --batch_size stays the global batch)")
+                        "(one process each, as torchrun; --batch_size stays the global batch); ids index the GPUs "
+                        "this command sees (CUDA_VISIBLE_DEVICES), as cuda:K does")
     g.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="mixed precision")
     g.add_argument("--channels_last", action="store_true", help="channels-last memory format")
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-exact resume on CPU)")
     g.add_argument("--sync_bn", action="store_true", help="SyncBatchNorm across DDP ranks")
-    g.add_argument("--fused_sgd", action="store_true", help="fused SGD kernel (CUDA)")
+    g.add_argument("--fused_sgd", action="store_true",
+                   help="fused SGD kernel (CUDA; always used with --amp fp16 there, which then syncs no step)")
     g.add_argument("--compile", action="store_true", help="torch.compile the student and the teacher")
     g.add_argument("--no_inference_teacher", action="store_true", help="run the teacher module itself in the step "
                    "(default: a BatchNorm-folded copy in its measured memory format, same outputs up to rounding)")
@@ -92,13 +95,15 @@ def student_parser(profile):
     g.add_argument("--model_t", default=None, help="teacher architecture (default: read from the checkpoint)")
     g.add_argument("--model_s", default=profile.model, help="student architecture")
     g.add_argument("--distill", type=method_name, default="NORM",
-                   help=f"method, in any letter case: {', '.join(sorted(METHODS))}")
+                   help=f"method, in any letter case: {', '.join(sorted(METHODS))}; or several joined by '+' "
+                        "(e.g. NORM+dkd: the first part's CE and logit scale, each part's own terms)")
     g.add_argument("-r", "--gamma", type=non_negative_float, default=None,
                    help="weight of the cross-entropy (default: the method's, 1 for all)")
     g.add_argument("-a", "--alpha", type=non_negative_float, default=None,
                    help="weight of KD [paper: beta] (default: the method's, NORM 0; see README)")
-    g.add_argument("-b", "--beta", type=non_negative_float, default=None,
-                   help="weight of the method's loss [paper: alpha] (default: the method's, NORM 1)")
+    g.add_argument("-b", "--beta", type=beta_weights, default=None,
+                   help="weight of the method's loss [paper: alpha] (default: the method's, NORM 1); for A+B one "
+                        "per part joined by '+' (-b 1+8), a single number being the first part's")
     g.add_argument("-c", "--ceta", type=non_negative_float, default=None,
                    help="logit layer-norm scale for CE/KD (NORM default 2.5, others 0 = raw logits)")
     g.add_argument("--kd_T", type=positive_float, default=4.0, help="KD temperature")
@@ -106,6 +111,9 @@ def student_parser(profile):
         g.add_argument("--image_size", type=positive_int, default=profile.image_size, help="training crop size")
     for cls in METHODS.values():
         cls.add_arguments(g)
+    if profile.own_models:  # torchvision:/timm: architectures (and user image folders: the ImageFolder script)
+        from helper.cli.external import add_student_flags
+        add_student_flags(p, data=profile.own_models == "folders")
     add_official_student_flags(p, num_cls=profile.official_num_cls)
     return p
 

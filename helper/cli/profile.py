@@ -31,6 +31,7 @@ class Profile:
     num_classes: Optional[Callable] = None  # parsed options -> the dataset's class count
     default_path_t: Optional[Callable] = None  # parsed options -> the teacher file used without --path_t, or None
     teacher_hint: str = ""  # where a missing teacher comes from
+    own_models: Optional[str] = None  # "models": torchvision:/timm: names too; "folders": and users' image folders
 
     def default_learning_rate(self, model):
         """The official learning rate of `model` when --learning_rate is not given."""

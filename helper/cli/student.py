@@ -14,8 +14,11 @@ from helper.training.engine import validate
 
 
 def run_name(opt, weights, dataset_tag):
-    """The official run-folder name T_{t}_S_{s}_{data}_{distill}_r_{r}_a_{a}_b_{b}_c_{c}_s_{N}_{trial}."""
-    return (f"T_{opt.model_t}_S_{opt.model_s}_{dataset_tag}_{opt.distill}_r_{weights['gamma']}_a_{weights['alpha']}"
+    """The official run-folder name T_{t}_S_{s}_{data}_{distill}_r_{r}_a_{a}_b_{b}_c_{c}_s_{N}_{trial}.
+
+    A combination's {b} has one weight per part ('1.0+8.0'); --logit_standardize adds '_LS' to {distill}."""
+    distill = f"{opt.distill}_LS" if weights.get("logit_standardize") else opt.distill
+    return (f"T_{opt.model_t}_S_{opt.model_s}_{dataset_tag}_{distill}_r_{weights['gamma']}_a_{weights['alpha']}"
             f"_b_{weights['beta']}_c_{weights['logit_scale']}_s_{opt.co_sponge}_{opt.trial}")
 
 
@@ -58,7 +61,10 @@ def resolve(profile, opt):
             raise UsageError(f"--distill {opt.distill} cannot distill {model_t} into {opt.model_s}: {err}")
         record = {"teacher": model_t, "student": opt.model_s, "method": opt.distill, "dataset": opt.dataset,
                   "trial": opt.trial}
-        return method, student, record, lambda trainer, runtime: check_teacher(trainer, runtime, teacher, options)
+        # method.student, not student: a method may wrap it (SimKD's student predicts through the teacher's
+        # classifier), and validation and the checkpoints must hold the model as it predicts
+        return method, method.student, record, lambda trainer, runtime: check_teacher(trainer, runtime, teacher,
+                                                                                      options)
 
     return Job(MappingProxyType(options), run_dir, opt.model_s, cls.contrast_sampling(method_opt),
                options["init_epochs"], image_size, build)

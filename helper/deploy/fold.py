@@ -29,12 +29,15 @@ def deployed_student(model, zoo, name):
     """The model to deploy for the eval-mode student `model` (architecture `name` of `zoo`).
 
     kind 'folded': the plain architecture with the FT folded into the classifier (its state dict in `state`);
-    'kept_ft': a copy whose FT is one 1x1 convolution (the FT cannot be folded); 'plain': the student had no FT.
+    'kept_ft': a copy whose FT is one 1x1 convolution (the FT cannot be folded); 'plain': the student had no FT;
+    'simkd': a models.simkd.SimKDStudent, deployed as it is (its state dict in `state`).
     """
     from models.norm import fold_transform_into_classifier
     from helper.teachers.loading import build_model
 
     model.eval()
+    if getattr(model, "deploys_as_is", False):  # SimKD: backbone + projector + the teacher's classifier, no FT
+        return Deployed(model, model.state_dict(), "simkd")
     if model.feature_transform is not None and not getattr(model, "transform_foldable", False):
         kept = copy.deepcopy(model)
         kept.feature_transform = AffineTransform(model.feature_transform)

@@ -1,5 +1,6 @@
 """Checkpoints: atomic writes of plain data, safe reads (`weights_only=True`) of ours and of legacy files."""
 import argparse
+import io
 import os
 
 import torch
@@ -10,7 +11,14 @@ from helper.runs.files import _write_atomic  # the torch-free atomic writer; thi
 
 def save_atomic(obj, path):
     """torch.save `obj` to `path` atomically (temporary file, fsync, rename); `path` is untouched on failure."""
-    _write_atomic(path, lambda handle: torch.save(obj, handle))
+    # Serialised in memory first, then written as plain bytes: torch's zip writer reports a short write (a full disk)
+    # as "unexpected pos ...", a plain write as ENOSPC, which the one-line error names.
+    def write(handle):
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        handle.write(buffer.getbuffer())
+
+    _write_atomic(path, write)
 
 
 def load_checkpoint(path):

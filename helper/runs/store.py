@@ -10,7 +10,7 @@ from helper.errors import CheckpointWriteError, UsageError
 from helper.runs.checkpoint import load_checkpoint, save_atomic
 from helper.runs.config import (config_differences, describe_differences, normalise_saved_config,
                                 refuse_changed_configuration, saved_config)
-from helper.runs.files import LOCK_NAME, write_failure_reason as _reason, write_text_atomic
+from helper.runs.files import LOCK_NAME, write_failure_reason, write_text_atomic
 from helper.runs.results import ResultsLedger
 
 TEMP_PATTERN = ".tmp-*"  # what save_atomic and write_text_atomic leave behind when killed mid-write
@@ -25,9 +25,9 @@ def _close_inherited_locks():
     The lock belongs to the open file description, so the parent keeps it; without this, workers that outlive a
     killed parent would hold the run's lock for a few seconds more.
     """
-    for handle in list(_HELD_LOCKS):
+    for fd in list(_HELD_LOCKS):
         try:
-            handle.close()
+            os.close(fd)
         except OSError:
             pass
     _HELD_LOCKS.clear()
@@ -38,50 +38,61 @@ if hasattr(os, "register_at_fork"):
 
 
 class RunLock:
-    """An exclusive OS lock (flock) on `<run_dir>/.lock`, held for the run's life; the kernel drops it on any exit."""
+    """An exclusive OS lock (flock) on `<run_dir>/.lock`, held for the run's life; the kernel drops it on any exit.
+
+    The file is used through a raw descriptor: a buffered file object would retry its failed write when closed and
+    raise again, so a full disk could not be turned into one line.
+    """
 
     def __init__(self, run_dir):
         self.path = os.path.join(run_dir, LOCK_NAME)
-        self.handle = None
+        self.fd = None
 
     def acquire(self):
         """Take the lock, or a one-line UsageError: the process that holds it, or why the folder cannot be locked."""
-        if self.handle is not None:
+        if self.fd is not None:
             return
         folder = os.path.dirname(self.path)
         try:
-            handle = open(self.path, "a+")
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as err:
             raise UsageError(_unlockable_message(folder, self.path, err)) from None
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
+            holder = _read_holder(fd)
+            os.close(fd)
             if err.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise UsageError(f"{folder} is in use by {holder}; wait for it to finish (or stop "
                                  "it), or pick another --trial") from None
             # ENOLCK, EINVAL, ...: a file system without flock (some network mounts)
-            raise UsageError(f"cannot lock {self.path} ({_reason(err)}); the file system of {folder} does not "
-                             "support file locks: use a --save_root on a local disk") from None
+            raise UsageError(f"cannot lock {self.path} ({write_failure_reason(err)}); the file system of "
+                             f"{folder} does not support file locks: use a --save_root on a local disk") from None
         try:
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"process {os.getpid()}\n")
-            handle.flush()
+            os.ftruncate(fd, 0)
+            text = f"process {os.getpid()}\n".encode()
+            if os.pwrite(fd, text, 0) != len(text):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         except OSError as err:
-            handle.close()  # releases the lock: a refused command holds nothing
+            os.close(fd)  # releases the lock: a refused command holds nothing
             raise UsageError(_unlockable_message(folder, self.path, err)) from None
-        self.handle = handle
-        _HELD_LOCKS.add(handle)
+        self.fd = fd
+        _HELD_LOCKS.add(fd)
 
     def release(self):
         """Drop the lock (also done by the kernel when the process dies)."""
-        if self.handle is not None:
-            _HELD_LOCKS.discard(self.handle)
-            self.handle.close()  # closing the descriptor releases the flock
-            self.handle = None
+        if self.fd is not None:
+            _HELD_LOCKS.discard(self.fd)
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+
+def _read_holder(fd):
+    """The holder a lock file names ("process 123"), or "another process" when it is empty or unreadable."""
+    try:
+        return os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+    except OSError:
+        return "another process"
 
 
 class RunStore:
@@ -252,8 +263,9 @@ def _unlockable_message(folder, path, err):
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         return (f"the run folder {folder} is not writable (cannot write {path}: {err.strerror}); make it writable "
                 "(chmod u+w), or copy it to a writable --save_root and run there")
-    return (f"cannot write the lock file {path} ({_reason(err)}); free space or fix that path (it must be a plain "
-            "file), then rerun")
+    return (f"cannot write the lock file {path}: {write_failure_reason(err)}; free space or fix that path (it "
+            "must be a plain file), then rerun")
+
 
 
 def prepare_run_dir(run_dir, name, config, *, resume, save_root, rank=0):

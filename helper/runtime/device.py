@@ -123,7 +123,9 @@ def rng_state():
     np_state = np.random.get_state()
     state = {"python": random.getstate(), "torch": torch.get_rng_state(),
              "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])]}
-    if torch.cuda.is_available():  # this process's device only: a resume may see other GPUs (or fewer)
+    # this process's device only (a resume may see other GPUs, or fewer); and only when this process uses CUDA
+    # already: get_rng_state would create a context on GPU 0 in a --device cpu run on a machine with a GPU
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state(torch.cuda.current_device())
     return state
 
@@ -136,7 +138,8 @@ def set_rng_state(state):
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
     cuda = state.get("cuda")
-    if isinstance(cuda, torch.Tensor) and torch.cuda.is_available():  # older files held a list: skipped
+    # older files held a list: skipped; a CPU run (CUDA not initialised) leaves the GPU alone, as in rng_state
+    if isinstance(cuda, torch.Tensor) and torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.set_rng_state(cuda, torch.cuda.current_device())
 
 

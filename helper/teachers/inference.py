@@ -93,6 +93,21 @@ def time_memory_formats(run, network, example, rounds=2):
     return best
 
 
+@contextlib.contextmanager
+def full_fp32():
+    """TF32 off for convolutions (cuDNN uses it for fp32 by default) and matmuls while inside; restored after.
+
+    On Ampere and later GPUs, TF32 rounds every fp32 convolution's inputs to a 10-bit mantissa, so a folded and an
+    unfolded teacher differ by 5e-3 to 5e-2 relative whatever the fold's own error (~1e-5 in fp32).
+    """
+    conv, matmul = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = conv, matmul
+
+
 def _max_relative_difference(reference, candidate):
     """max |a - b| / max |a| over every tensor of two (features, logits) results."""
     (feat_a, logit_a), (feat_b, logit_b) = reference, candidate
@@ -142,7 +157,7 @@ class InferenceTeacher:
         kwargs = {"is_feat": True, "preact": self.preact}
         try:
             folded, pairs = fold_batchnorms(teacher, probe, **kwargs)
-            with torch.no_grad():
+            with torch.no_grad(), full_fp32():  # measures the fold, not the hardware's TF32 rounding (~1e-2)
                 error = _max_relative_difference(teacher(probe, **kwargs), folded(probe, **kwargs))
         except Exception as err:  # a model that reads a BatchNorm's tensors besides calling it, say
             self.notes.append(f"BatchNorm folding failed ({type(err).__name__}: {err}); teacher kept unfolded")
@@ -212,7 +227,8 @@ def install_inference_teacher(method, example, **options):
     returns the copy. Call it after the method is on its device; `method.teacher` stays the original, for checkpoints
     and validation, and the copy is in no state dict."""
     method.inference_teacher = None  # the previous copy is freed before the new one is built
-    method.inference_teacher = InferenceTeacher(method.teacher, example, preact=method.preact, **options)
+    method.inference_teacher = InferenceTeacher(method.teacher, example, preact=method.teacher_preact_features(),
+                                                **options)
     return method.inference_teacher
 
 

@@ -47,6 +47,11 @@ def norm_student_kind(state):
 
 def check_plain_state(state, path, zoo, num_classes, flag):
     """Refuse a NORM student's state (transform included) where a plain model is expected; say how to make one."""
+    from models.simkd import is_simkd_state
+
+    if is_simkd_state(state):
+        raise UsageError(f"{path} is a SimKD student (backbone + projector + a teacher's classifier), not a plain "
+                         f"model for {flag}")
     kind = norm_student_kind(state)
     if kind is None:
         return
@@ -71,17 +76,35 @@ def load_strict(model, state, *, name, path, zoo, num_classes, flag):
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError:
-        if getattr(model, "feature_transform", None) is None:  # a plain model was expected
+        with_transform = getattr(model, "feature_transform", None) is not None
+        if not with_transform:  # a plain model was expected
             check_plain_state(state, path, zoo, num_classes, flag)
-        matches = matching_architectures(zoo, state, num_classes)
-        if matches:
-            hint = f"it holds a {matches[0]}: pass {flag} {matches[0]}"
-        else:
-            fc = [tuple(v.shape) for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
-            hint = (f"no architecture of that name fits it (classifier {fc[-1] if fc else '?'}); "
-                    "check the file and the --dataset's number of classes")
-        raise UsageError(f"{path} does not fit {flag} {name}; {hint}") from None
+        raise UsageError(f"{path} does not fit {flag} {name}; "
+                         f"{_what_the_file_holds(zoo, state, num_classes, flag)}") from None
     return model
+
+
+def classifier_outputs(state):
+    """The class count of a state dict: the rows of its last 2-d weight (the final linear layer), or None."""
+    matrices = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    return int(matrices[-1].shape[0]) if matrices else None
+
+
+def _what_the_file_holds(zoo, state, num_classes, flag):
+    """A hint naming the architecture of `state` (a NORM student's transform aside), at this or its own class count."""
+    plain = {k: v for k, v in state.items() if not k.startswith(TRANSFORM_PREFIX)}
+    transform = " with a feature transform" if len(plain) < len(state) else ""
+    classes = classifier_outputs(plain)
+    matches = matching_architectures(zoo, plain, num_classes)
+    if matches:
+        return f"it holds a {matches[0]}{transform}: pass {flag} {matches[0]}"
+    if classes and classes != num_classes:
+        matches = matching_architectures(zoo, plain, classes)
+        if matches:
+            return (f"it holds a {matches[0]}{transform} with {classes} classes (not {num_classes}): pass {flag} "
+                    f"{matches[0]} and the --dataset it was trained on")
+    shape = next((tuple(v.shape) for v in reversed(plain.values()) if v.dim() == 2), "?")
+    return f"no architecture fits it (classifier {shape}); check the file and the --dataset's number of classes"
 
 
 def load_model_state(zoo, name, state, path, num_classes, flag="--model_t"):
@@ -101,6 +124,7 @@ def load_student(zoo, checkpoint, path, *, model_s=None, num_classes=None, n=Non
     Returns (model, info) where info holds the resolved model_s, n, ft, dataset and the stored accuracy.
     """
     from models.norm import attach_feature_transform
+    from models.simkd import is_simkd_state
     from helper.teachers.official import convert_official_student, transform_width
 
     config = checkpoint_config(checkpoint)
@@ -110,6 +134,8 @@ def load_student(zoo, checkpoint, path, *, model_s=None, num_classes=None, n=Non
     n = n or config.get("co_sponge") or 8
     ft = ft or config.get("ft") or "residual"
     state = model_state(checkpoint, path)
+    if is_simkd_state(state):  # SimKD's student predicts through its projector and the teacher's classifier
+        return load_simkd_student(zoo, state, path, model_s, checkpoint, config)
     if official:
         # official students skip their FT at N == 1, except the ImageNet MobileNet
         state = convert_official_student(state, ft_bypassed=(n == 1 and model_s != "MobileNet"))
@@ -133,6 +159,28 @@ def load_student(zoo, checkpoint, path, *, model_s=None, num_classes=None, n=Non
     return model, info
 
 
+def load_simkd_student(zoo, state, path, model_s, checkpoint, config):
+    """(SimKDStudent, info) from a SimKD student's state dict (models/simkd.py documents the layout)."""
+    from models.simkd import simkd_student_from_state
+
+    def backbone(num_classes):
+        return build_model(zoo, model_s, num_classes, "--model_s")
+
+    try:
+        model = simkd_student_from_state(backbone, state)
+    except ValueError as err:
+        raise UsageError(f"{path}: {err}") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError:
+        raise UsageError(f"{path} is a SimKD student whose backbone does not fit --model_s {model_s}; pass the "
+                         "architecture it was trained with") from None
+    saved = checkpoint.get("best_acc", checkpoint.get("accuracy"))
+    info = {"model_s": model_s, "n": None, "ft": "none", "dataset": config.get("dataset"),
+            "saved_accuracy": None if saved is None else plain_number(saved)}
+    return model, info
+
+
 def checkpoint_config(checkpoint):
     """The run options saved in one of our checkpoints ({} for other files)."""
     config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
@@ -149,16 +197,10 @@ def infer_teacher_name(zoo, state, path, num_classes):
     if names:
         raise UsageError(f"cannot tell the teacher architecture of {path}: several architectures fit it "
                          f"({', '.join(names)}); pass --model_t")
-    classes = _classifier_outputs(state)
+    classes = classifier_outputs(state)
     if classes and classes != num_classes:
         fits = matching_architectures(zoo, state, classes)
         if fits:
             raise UsageError(f"{path} is a {fits[0]} with {classes} classes, but the dataset has {num_classes}; "
                              "pass the --dataset it was trained on, or a teacher for this one")
     raise UsageError(f"cannot tell the teacher architecture of {path}: no architecture fits it; pass --model_t")
-
-
-def _classifier_outputs(state):
-    """The class count of a state dict: the rows of its last 2-d weight (the final linear layer), or None."""
-    matrices = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
-    return int(matrices[-1].shape[0]) if matrices else None

@@ -3,6 +3,7 @@ TensorBoard point per epoch and value."""
 import os
 import sys
 
+from helper.training.event_log import EventLog
 from helper.training.timing import format_duration, time_split
 
 
@@ -22,11 +23,10 @@ class RunLog:
         else:
             print(message, file=sys.stderr if err else sys.stdout, flush=True)
 
-    def open_tensorboard(self, run_dir):
-        """Start the run folder's TensorBoard events (rank 0)."""
+    def open_tensorboard(self, run_dir, advice):
+        """Start the run folder's TensorBoard events (rank 0); a failed write says `advice()` (what is on disk)."""
         if self.is_main:
-            from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+            self.writer = EventLog(os.path.join(run_dir, "tensorboard"), advice)
 
     def close(self):
         if self.writer is not None:

@@ -35,11 +35,14 @@ class StopRequest:
             return self.signum is not None
         if (step + 1) % every:
             return False
-        flag = torch.tensor([self.signum or 0], device=runtime.device)
+        # filled on the device (torch.tensor([...], device=...) copies from pageable memory) and read once: the
+        # one host sync of this check, every `every` steps
+        flag = torch.full((1,), self.signum or 0, dtype=torch.int64, device=runtime.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if flag.item() and self.signum is None:
-            self.signum = int(flag.item())
-        return bool(flag.item())
+        signum = int(flag.item())
+        if signum and self.signum is None:
+            self.signum = signum
+        return bool(signum)
 
 
 class Stopped(Exception):

@@ -1,7 +1,7 @@
 """A run in progress as a checkpoint holds it: the stages' positions, best accuracy, history, every stateful part."""
 from helper.runs.checkpoint import plain_number
 from helper.runtime.distributed import gather_rng_states, restore_rng_state
-from helper.training.optim import match_parameter_layouts
+from helper.training.optim import load_keeping_kernels, match_parameter_layouts
 
 
 class Stage:
@@ -56,7 +56,7 @@ class Progress:
             self.init = Stage() if self.two_stage else None
         for key, part in parts_of(self).items():
             if part is not None and ckpt.get(key):
-                part.load_state_dict(ckpt[key])
+                load_keeping_kernels(part, ckpt[key])  # a loaded optimizer keeps this command's kernels
         match_parameter_layouts(optimizer)
         self.best_acc, self.history = plain_number(ckpt["best_acc"]), list(ckpt.get("history", []))
         restore_rng_state(ckpt, runtime)

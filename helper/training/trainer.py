@@ -43,6 +43,7 @@ class TrainSettings:
     print_freq: int
     save_freq: int
     progress: Optional[bool]  # None: progress bars on a terminal only
+    warmup_epochs: int = 0  # linear learning-rate warm-up (scripts/train_teacher.py's fine-tuning recipe)
 
 
 class Trainer:
@@ -115,7 +116,7 @@ class Trainer:
             self.store.close()
 
     def _train(self):
-        self.log.open_tensorboard(self.run_dir)
+        self.log.open_tensorboard(self.run_dir, self.store.advice)
         stop, started = StopRequest().install(), time.time()
         try:
             if self.progress.init is not None:
@@ -168,7 +169,8 @@ class Trainer:
     def run_epoch(self, epoch, stop):
         """One epoch: schedules, training, validation, logs and checkpoints."""
         s, optimizer = self.settings, self.optimizers.main
-        lr = learning_rate(epoch, s.learning_rate, s.epochs, s.lr_decay, s.lr_decay_epochs, s.lr_decay_rate)
+        lr = learning_rate(epoch, s.learning_rate, s.epochs, s.lr_decay, s.lr_decay_epochs, s.lr_decay_rate,
+                           s.warmup_epochs)
         set_learning_rate(optimizer, lr)
         self.method.set_epoch(epoch)
         tic = time.time()
