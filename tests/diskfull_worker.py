@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import train_cifar_teacher  # noqa: E402
-from helper.errors import run_cli  # noqa: E402
+from helper.cli.entry import run_cli  # noqa: E402
 
 PAGE = 4096
 SIZE_PAGES = 1024  # a 4 MiB file system: more than a resnet8 run writes (its two checkpoints are ~0.5 MiB each)
