@@ -29,10 +29,21 @@ from helper.training.engine import train_one_epoch
 # ops through which a tensor's value reaches the host: on CUDA each one waits for the device (a host sync)
 SYNC_OPS = {"_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "_unique2", "unique_consecutive",
             "repeat_interleave"}
+# ops that sync when indexed by a boolean mask: the kernel turns the mask into indices (a nonzero). On the CPU that
+# nonzero runs inside the kernel and is never dispatched on its own, so the counter looks at the index's dtype.
+MASK_INDEX_OPS = {"index", "index_put", "index_put_", "_index_put_impl_"}
+
+
+def _indexes_by_a_mask(func, args):
+    """Whether `func(*args)` is an indexing op with a boolean (or uint8) mask among its indices."""
+    if func.overloadpacket.__name__ not in MASK_INDEX_OPS or len(args) < 2:
+        return False
+    return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1])
 
 
 class HostSyncCounter(TorchDispatchMode):
-    """Counts the dispatched ops that read a tensor's value on the host (`.item()`, `bool(t)`, `nonzero`, ...)."""
+    """Counts the dispatched ops that read a tensor's value on the host (`.item()`, `bool(t)`, `nonzero`, `t[mask]`,
+    ...)."""
 
     def __init__(self):
         super().__init__()
@@ -41,6 +52,8 @@ class HostSyncCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.overloadpacket.__name__ in SYNC_OPS:
             self.calls.append(func.overloadpacket.__name__)
+        elif _indexes_by_a_mask(func, args):
+            self.calls.append(f"{func.overloadpacket.__name__} by a mask")
         return func(*args, **(kwargs or {}))
 
 
