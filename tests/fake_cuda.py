@@ -26,7 +26,7 @@ CUDA = torch.device("cuda", 0)
 @contextlib.contextmanager
 def fake_cuda():
     """Inside: tensors may be made on `cuda` without a GPU (fake), and a CUDA/CPU mix raises."""
-    from helper import device_data
+    from helper.loaders import device as device_data
 
     device_data._statistics.cache_clear()  # a cached tensor must not cross into (or out of) a fake mode
     real_apply = torch.nn.Module._apply

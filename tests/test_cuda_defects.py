@@ -16,20 +16,34 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import train_cifar_teacher
-from helper import launch, runtime as runtime_module, signals, trainer as trainer_module
-from helper.runs.checkpoint import load_checkpoint
-from helper.training.engine import train_one_epoch
+from helper.cli import gids as gids_module, main as main_module, teacher as teacher_role
 from helper.errors import UsageError
+from helper.runs.checkpoint import load_checkpoint
+from helper.runs.config import run_config
 from helper.runs.store import RunStore
+from helper.runtime import device as runtime_module
 from helper.runtime.device import Runtime
+from helper.training import optim, signals, trainer as trainer_module
+from helper.training.engine import train_one_epoch
 
 # ops through which a tensor's value reaches the host: on CUDA each one waits for the device (a host sync)
 SYNC_OPS = {"_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "_unique2", "unique_consecutive",
             "repeat_interleave"}
+# ops that sync when indexed by a boolean mask: the kernel turns the mask into indices (a nonzero). On the CPU that
+# nonzero runs inside the kernel and is never dispatched on its own, so the counter looks at the index's dtype.
+MASK_INDEX_OPS = {"index", "index_put", "index_put_", "_index_put_impl_"}
+
+
+def _indexes_by_a_mask(func, args):
+    """Whether `func(*args)` is an indexing op with a boolean (or uint8) mask among its indices."""
+    if func.overloadpacket.__name__ not in MASK_INDEX_OPS or len(args) < 2:
+        return False
+    return any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8) for i in args[1])
 
 
 class HostSyncCounter(TorchDispatchMode):
-    """Counts the dispatched ops that read a tensor's value on the host (`.item()`, `bool(t)`, `nonzero`, ...)."""
+    """Counts the dispatched ops that read a tensor's value on the host (`.item()`, `bool(t)`, `nonzero`, `t[mask]`,
+    ...)."""
 
     def __init__(self):
         super().__init__()
@@ -38,6 +52,8 @@ class HostSyncCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.overloadpacket.__name__ in SYNC_OPS:
             self.calls.append(func.overloadpacket.__name__)
+        elif _indexes_by_a_mask(func, args):
+            self.calls.append(f"{func.overloadpacket.__name__} by a mask")
         return func(*args, **(kwargs or {}))
 
 
@@ -59,19 +75,37 @@ def stop_after(monkeypatch, steps):
     monkeypatch.setattr(signals.StopRequest, "should_stop", should_stop)
 
 
-def fused_on_cpu(runtime, opt):
+def fused_on_cpu(runtime, fused):
     """_sgd_speed_options as on CUDA, for the CPU (fused SGD has a CPU kernel since torch 2.4)."""
-    return {"fused": True} if getattr(opt, "fused_sgd", False) else {}
+    return {"fused": True} if fused else {}
+
+
+def teacher_options(args):
+    """The resolved options of the teacher script's command line `args`, as the script's start-up resolves them."""
+    opt = train_cifar_teacher.parser().parse_args(args)
+    return teacher_role.resolve(train_cifar_teacher.TEACHER_PROFILE, opt).options
+
+
+def record_run_folders(monkeypatch):
+    """Record (run_dir, name) of every run folder the scripts' start-up checks (helper.cli.main.prepare_run_dir)."""
+    seen, real_prepare = [], main_module.prepare_run_dir
+
+    def prepare(run_dir, name, config, **kwargs):
+        seen.append((run_dir, name))
+        return real_prepare(run_dir, name, config, **kwargs)
+
+    monkeypatch.setattr(main_module, "prepare_run_dir", prepare)
+    return seen
 
 
 # ---------------------------------------------------------------- 1. a resume keeps the command line's fused flag
 def test_resume_with_fused_sgd_and_fp16_uses_the_fused_kernel_not_the_saved_flag(tiny_cifar, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_module, "_sgd_speed_options", fused_on_cpu)
+    monkeypatch.setattr(optim, "_sgd_speed_options", fused_on_cpu)
     stop_after(monkeypatch, 2)
     with pytest.raises(SystemExit):  # saved without fused SGD, mid-epoch
         train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path, "--amp", "fp16"))
     monkeypatch.undo()
-    monkeypatch.setattr(trainer_module, "_sgd_speed_options", fused_on_cpu)
+    monkeypatch.setattr(optim, "_sgd_speed_options", fused_on_cpu)
     # before the fix: AssertionError "Expected grad_scale and found_inf to be None" on the first step
     summary = train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path, "--amp", "fp16", "--fused_sgd", "--resume"))
     ckpt = load_checkpoint(os.path.join(summary["run"], "resnet8_last.pth"))
@@ -79,7 +113,7 @@ def test_resume_with_fused_sgd_and_fp16_uses_the_fused_kernel_not_the_saved_flag
 
 
 def test_resume_without_fused_sgd_drops_the_saved_fused_flag(tiny_cifar, tmp_path, monkeypatch):
-    monkeypatch.setattr(trainer_module, "_sgd_speed_options", fused_on_cpu)
+    monkeypatch.setattr(optim, "_sgd_speed_options", fused_on_cpu)
     stop_after(monkeypatch, 2)
     with pytest.raises(SystemExit):
         train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path, "--fused_sgd"))
@@ -132,23 +166,17 @@ def test_batchnorm_fold_is_kept_when_fp32_convolutions_run_in_tf32(monkeypatch):
 
 # ---------------------------------------------------------------- 3. --gids a,b --resume after an early kill
 def test_gids_resume_after_a_kill_before_the_first_checkpoint_starts_the_run(tiny_cifar, tmp_path, monkeypatch):
-    spawned, seen = [], []
-    monkeypatch.setattr(launch, "run_forwarding_signals", lambda command, env: spawned.append(command) or 0)
-    real_prepare = train_cifar_teacher.prepare_run_dir
-
-    def prepare(run_dir, name, opt):
-        seen.append((run_dir, name, opt))
-        return real_prepare(run_dir, name, opt)
-
-    monkeypatch.setattr(train_cifar_teacher, "prepare_run_dir", prepare)
+    spawned = []
+    monkeypatch.setattr(gids_module, "run_forwarding_signals", lambda command, env: spawned.append(command) or 0)
+    seen = record_run_folders(monkeypatch)
     args = teacher_args(tiny_cifar, tmp_path, "--gids", "0,1", "--device", "cpu")
     with pytest.raises(SystemExit) as first:
         train_cifar_teacher.main(args)
     assert first.value.code == 0 and len(spawned) == 1
-    run_dir, name, opt = seen[0]
+    run_dir, name = seen[0]
     # what the two processes leave when killed before their first checkpoint: the folder and its config.json
     store = RunStore(run_dir, name, resume=False)
-    store.open(trainer_module.run_config(opt, 2))
+    store.open(run_config(teacher_options(args), 2))
     store.close()
     assert not os.path.exists(store.last_path)
     with pytest.raises(SystemExit) as resumed:  # before the fix: "changed configuration: ... world_size"
@@ -157,17 +185,14 @@ def test_gids_resume_after_a_kill_before_the_first_checkpoint_starts_the_run(tin
 
 
 def test_gids_resume_still_refuses_another_process_count(tiny_cifar, tmp_path, monkeypatch):
-    monkeypatch.setattr(launch, "run_forwarding_signals", lambda command, env: 0)
-    seen = []
-    real_prepare = train_cifar_teacher.prepare_run_dir
-    monkeypatch.setattr(train_cifar_teacher, "prepare_run_dir",
-                        lambda run_dir, name, opt: seen.append((run_dir, name, opt)) or real_prepare(run_dir, name, opt))
+    monkeypatch.setattr(gids_module, "run_forwarding_signals", lambda command, env: 0)
+    seen = record_run_folders(monkeypatch)
     args = teacher_args(tiny_cifar, tmp_path, "--gids", "0,1", "--device", "cpu")
     with pytest.raises(SystemExit):
         train_cifar_teacher.main(args)
-    run_dir, name, opt = seen[0]
+    run_dir, name = seen[0]
     store = RunStore(run_dir, name, resume=False)
-    store.open(trainer_module.run_config(opt, 4))  # the folder of a 4-process run with the global batch 16
+    store.open(run_config(teacher_options(args), 4))  # the folder of a 4-process run with the global batch 16
     store.close()
     with pytest.raises(UsageError, match="world_size"):
         train_cifar_teacher.main(args + ["--resume"])
@@ -208,12 +233,11 @@ def test_fp16_on_cuda_uses_fused_sgd_in_both_stages(tiny_cifar, teacher_file, tm
     import train_cifar_student
 
     cuda_fp16 = Runtime(torch.device("cuda"), amp_dtype=torch.float16)
-    opt = type("Opt", (), {"fused_sgd": False})()
-    assert trainer_module._sgd_speed_options(cuda_fp16, opt) == {"fused": True}
-    assert trainer_module._sgd_speed_options(Runtime(torch.device("cuda")), opt) == {}
-    assert trainer_module._sgd_speed_options(Runtime(torch.device("cpu"), amp_dtype=torch.float16), opt) == {}
+    assert optim._sgd_speed_options(cuda_fp16, False) == {"fused": True}  # without --fused_sgd
+    assert optim._sgd_speed_options(Runtime(torch.device("cuda")), False) == {}
+    assert optim._sgd_speed_options(Runtime(torch.device("cpu"), amp_dtype=torch.float16), False) == {}
     # the init stage of AB/FT/FSP gets the main stage's options (before: never fused, a sync every fp16 step)
-    monkeypatch.setattr(trainer_module, "_sgd_speed_options", fused_on_cpu)
+    monkeypatch.setattr(optim, "_sgd_speed_options", fused_on_cpu)
     built = []
     monkeypatch.setattr(trainer_module.Trainer, "fit", lambda self: built.append(self) or {})
     train_cifar_student.main(["--path_t", teacher_file("resnet8"), "--data_root", tiny_cifar, "--save_root",
@@ -221,8 +245,8 @@ def test_fp16_on_cuda_uses_fused_sgd_in_both_stages(tiny_cifar, teacher_file, tm
                               "--epochs", "1", "--batch_size", "16", "--num_workers", "0", "--fused_sgd",
                               "--no_inference_teacher"])
     trainer = built[0]
-    assert trainer.init_optimizer.param_groups[0]["fused"] is True
-    assert trainer.optimizer.param_groups[0]["fused"] is True
+    assert trainer.optimizers.init.param_groups[0]["fused"] is True
+    assert trainer.optimizers.main.param_groups[0]["fused"] is True
 
 
 def test_the_ddp_stop_check_reads_one_value(monkeypatch):
@@ -250,39 +274,34 @@ def four_visible_gpus(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     spawned = []
-    monkeypatch.setattr(launch, "run_forwarding_signals", lambda command, env: spawned.append(env) or 0)
+    monkeypatch.setattr(gids_module, "run_forwarding_signals", lambda command, env: spawned.append(env) or 0)
     return spawned
 
 
-def _gids_opt(gids):
-    import argparse
-
-    return argparse.Namespace(gids=gids, device="auto", batch_size=64, sync_bn=False)
+def _apply_gids(gids):
+    """apply_gids as the scripts' start-up calls it for `--gids gids` (device auto, global batch 64)."""
+    return gids_module.apply_gids(gids, device="auto", batch_size=64, sync_bn=False, script="train.py",
+                                  argv=["--gids", gids])
 
 
 def test_gids_ids_index_the_visible_gpus_for_one_id_and_for_several(four_visible_gpus):
-    one = _gids_opt("1")
-    launch.apply_gids(one, "train.py", ["--gids", "1"])
-    assert one.device == "cuda:1"  # visible index 1: physical GPU 3
-    with pytest.raises(SystemExit):
-        launch.apply_gids(_gids_opt("0,1"), "train.py", ["--gids", "0,1"])
+    assert _apply_gids("1") == ("cuda:1", None)  # visible index 1: physical GPU 3
+    assert _apply_gids("0,1")[1] == 0  # torchrun's status
     assert four_visible_gpus[0]["CUDA_VISIBLE_DEVICES"] == "2,3"  # before: "0,1", physical GPUs 0 and 1
-    with pytest.raises(SystemExit):
-        launch.apply_gids(_gids_opt("1,0"), "train.py", ["--gids", "1,0"])
+    assert _apply_gids("1,0")[1] == 0
     assert four_visible_gpus[1]["CUDA_VISIBLE_DEVICES"] == "3,2"
 
 
 def test_gids_beyond_the_visible_gpus_are_refused(four_visible_gpus):
     for gids in ("2", "0,2"):
         with pytest.raises(UsageError, match="sees 2 GPU"):
-            launch.apply_gids(_gids_opt(gids), "train.py", ["--gids", gids])
+            _apply_gids(gids)
     assert four_visible_gpus == []
 
 
 def test_gids_without_cuda_visible_devices_name_the_physical_gpus(four_visible_gpus, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
-    with pytest.raises(SystemExit):
-        launch.apply_gids(_gids_opt("1,0"), "train.py", ["--gids", "1,0"])
+    assert _apply_gids("1,0")[1] == 0
     assert four_visible_gpus[0]["CUDA_VISIBLE_DEVICES"] == "1,0"
 
 

@@ -42,7 +42,7 @@ def test_loaders_pin_host_memory_for_cuda_only():
 
 
 def test_torchrun_on_gpus_joins_nccl_on_cuda_local_rank(monkeypatch):
-    from helper import runtime as runtime_module
+    from helper.runtime import device as runtime_module
 
     calls = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

@@ -121,7 +121,7 @@ def test_method_builds_and_runs_its_forward_and_losses_on_cuda(name):
 
 @pytest.mark.parametrize("t_name,s_name", PAPER_PAIRS, ids=[f"{t}-{s}" for t, s in PAPER_PAIRS])
 def test_paper_pair_trains_forward_with_the_inference_teacher_and_validates_on_cuda(t_name, s_name, monkeypatch):
-    from helper import engine
+    from helper.training import engine
     from helper.teachers.inference import InferenceTeacher
 
     runtime = Runtime(CUDA, channels_last=True)

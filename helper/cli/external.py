@@ -8,9 +8,9 @@ import argparse
 import os
 import sys
 
-from .checkpoint import load_checkpoint, model_state
-from .errors import UsageError
-from .options import positive_float
+from helper.argtypes import positive_float
+from helper.errors import UsageError
+from helper.runs.checkpoint import load_checkpoint, model_state
 
 # Methods that compare intermediate stage maps (feat[1:-1] or a --hint_layer index): a wrapped model has only the
 # map NORM matches and the pooled vector unless --feature_modules names its stages.
