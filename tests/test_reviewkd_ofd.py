@@ -12,6 +12,7 @@ from distiller_zoo import METHODS
 from distiller_zoo.ofd import bn_margin, connector, ofd_loss, partial_l2
 from distiller_zoo.reviewkd import ReviewFusion, hcl_loss, review_warmup_factor
 from helper.errors import UsageError
+from helper.teachers.inference import install_inference_teacher
 from models import model_dict
 from tests.test_cifar_scripts import run_student
 
@@ -353,7 +354,7 @@ def test_reviewkd_student_post_relu_teacher_pre_relu_also_from_the_inference_cop
     assert not torch.equal(pre[1], post[1])
     feat_t, _ = method.teacher_forward(images)
     assert all(torch.equal(a, b) for a, b in zip(feat_t, pre))
-    method.install_inference_teacher(images, memory_format="contiguous")
+    install_inference_teacher(method, images, memory_format="contiguous")
     feat_t, _ = method.teacher_forward(images)
     assert all((a - b).abs().max() <= 1e-4 * b.abs().max() for a, b in zip(feat_t, pre))  # BN folded: rounding
 
