@@ -120,7 +120,7 @@ def load_checkpoint_student(opt):
     dataset = opt.dataset or config.get("dataset")
     model_s = opt.model_s or config.get("model_s") or config.get("model")
     zoo = imagenet_model_dict if dataset == "imagenet" or model_s in imagenet_model_dict else model_dict
-    external = is_external(model_s)  # torchvision:/timm: students (helper/external_deploy.py)
+    external = is_external(model_s)  # torchvision:/timm: students (helper/deploy/external.py)
     if external:
         zoo, checkpoint = external_deploy.zoo_for(config), external_deploy.with_hook_prefix(checkpoint)
     model, info = load_student(zoo, checkpoint, opt.path, model_s=model_s, n=opt.co_sponge, ft=opt.ft,

@@ -1,4 +1,4 @@
-"""What differs between the three training scripts (a typed profile each), and a resolved command line (a job)."""
+"""What differs between the training scripts (a typed profile each), and a resolved command line (a job)."""
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Tuple
 
