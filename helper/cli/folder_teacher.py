@@ -31,6 +31,7 @@ class FineTune(Vanilla):
         self.label_smoothing = label_smoothing
 
     def forward(self, images, targets, index=None, contrast_index=None):
+        """(logits, {"ce": the smoothed cross-entropy}) of a batch, as every method returns them."""
         logits = self.student(images)
         return logits, {"ce": F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)}
 

@@ -124,4 +124,3 @@ def per_class_table(rows):
     for name, c, t in sorted(rows, key=lambda r: (r[1] / max(r[2], 1), r[0])):
         lines.append(f"  {name}: {100 * c / max(t, 1):.2f}% ({c}/{t})")
     return lines
-
