@@ -169,3 +169,21 @@ def folder_datasets(root, *, image_size=224, mean=MEAN, std=STD, val_split=None,
     train_set = FolderImages(classes, train, folder_transforms(True, image_size, mean, std), seed=seed)
     val_set = FolderImages(classes, val, folder_transforms(False, image_size, mean, std))
     return train_set, val_set, split
+
+
+def check_classes(expected, classes, path, flag="--path_t", verb="was trained on"):
+    """Refuse a model whose saved class names (`expected`; None: it names none) are not `classes`, the folder's.
+
+    Compared by name, so a renamed, missing or reordered class shows; `verb` says what the model at `path` (`flag`)
+    did with its classes ("was trained on" them, an exported model "predicts" them)."""
+    if expected is None or list(expected) == list(classes):
+        return
+    extra = sorted(set(expected) - set(classes))
+    missing = sorted(set(classes) - set(expected))
+    if extra or missing:
+        what = "; ".join(filter(None, (f"only the model has {', '.join(extra[:3])}" if extra else "",
+                                       f"only the data has {', '.join(missing[:3])}" if missing else "")))
+    else:
+        what = "the same names in another order"
+    raise DatasetError(f"{path} ({flag}) {verb} other classes than --data_root holds ({what}); train it on these "
+                       "class folders or point --data_root at its data")

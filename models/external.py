@@ -228,15 +228,26 @@ def published_state(name, flag="--pretrained_t"):
             return timm.create_model(arch, pretrained=True).state_dict()
         except Exception as err:  # noqa: BLE001 - timm raises hub/network errors of many classes
             raise ExternalModelError(f"{flag}: timm could not load the published {arch} weights "
-                                     f"({str(err).splitlines()[0][:150]}); put them in timm's cache or pass a file "
+                                     f"({_first_line(err)}); put them in timm's cache or pass a file "
                                      "with --path_t") from None
-    from helper.checkpoint import load_checkpoint, model_state
-
     url, path, _ = torchvision_weights_file(arch)
     if not os.path.isfile(path):
         raise ExternalModelError(f"{flag}: torchvision's {arch} weights are not in torch's cache and are not "
                                  f"downloaded here; put {url} at {path}")
-    return model_state(load_checkpoint(path), path)
+    # read here, not by helper's checkpoint reader (models/ imports nothing of helper/): torchvision publishes plain
+    # state dicts, and weights_only=True never runs pickled code from the cache
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means the same: not the published file
+        raise ExternalModelError(f"{flag}: cannot read {path} ({_first_line(err)}); replace it with {url}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ExternalModelError(f"{flag}: {path} holds no state dict; replace it with {url}")
+    return state
+
+
+def _first_line(err):
+    """An exception's message cut to one short line (the libraries' own run over several lines)."""
+    return (str(err).strip() or type(err).__name__).splitlines()[0][:150]
 
 
 def strip_prefix(state):

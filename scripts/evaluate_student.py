@@ -12,6 +12,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dataset import build_dataset, num_classes  # noqa: E402
+from dataset import user_folder  # noqa: E402
 from helper.runs.checkpoint import load_checkpoint  # noqa: E402
 from helper.deploy import external as external_deploy  # noqa: E402
 from helper.deploy import OnnxStudent  # noqa: E402
@@ -119,7 +120,7 @@ def load_checkpoint_student(opt):
     dataset = opt.dataset or config.get("dataset")
     model_s = opt.model_s or config.get("model_s") or config.get("model")
     zoo = imagenet_model_dict if dataset == "imagenet" or model_s in imagenet_model_dict else model_dict
-    external = is_external(model_s)  # torchvision:/timm: students (helper/external_deploy.py)
+    external = is_external(model_s)  # torchvision:/timm: students (helper/deploy/external.py)
     if external:
         zoo, checkpoint = external_deploy.zoo_for(config), external_deploy.with_hook_prefix(checkpoint)
     model, info = load_student(zoo, checkpoint, opt.path, model_s=model_s, n=opt.co_sponge, ft=opt.ft,
@@ -145,7 +146,7 @@ def evaluate(opt):
         image_size = opt.image_size or config.get("image_size") or 224
         split = external_deploy.run_split(config, opt.path)  # a flat folder: the run's validation images only
         val = external_deploy.folder_eval_set(root, config, int(image_size), split)
-        external_deploy.check_folder_classes(classes, val.classes, opt.path)
+        user_folder.check_classes(classes, val.classes, opt.path, flag="--path", verb="predicts")
     else:
         val = validation_set(model, opt, dataset, root, config)
     workers = worker_count(opt.num_workers, DEFAULT_WORKERS, runtime)

@@ -158,7 +158,7 @@ def export(opt):
     config = checkpoint_config(checkpoint)
     model_s = opt.model_s or config.get("model_s") or config.get("model")
     zoo = imagenet_model_dict if model_s in imagenet_model_dict else model_dict
-    external = is_external(model_s)  # torchvision:/timm: students (helper/external_deploy.py)
+    external = is_external(model_s)  # torchvision:/timm: students (helper/deploy/external.py)
     if external:
         zoo, checkpoint = external_deploy.zoo_for(config), external_deploy.with_hook_prefix(checkpoint)
     imagenet = zoo is imagenet_model_dict or (external and config.get("dataset") in (None, "imagenet"))

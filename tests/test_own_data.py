@@ -14,10 +14,10 @@ from PIL import Image
 
 import train_imagenet_student
 from dataset.user_folder import folder_datasets, rgb_image, split_samples
-from helper.checkpoint import load_checkpoint
+from helper.runs.checkpoint import load_checkpoint
 from helper.deploy import ONNX_TOLERANCE, relative_difference
-from helper.errors import run_cli
-from helper.external_deploy import folder_eval_set
+from helper.cli.entry import run_cli
+from helper.deploy.external import folder_eval_set
 from models import external
 from scripts import evaluate_student, export_student, train_teacher
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from distiller_zoo import METHODS
 from helper import deploy
-from helper.external_deploy import library_state, zoo_for
+from helper.deploy.external import library_state, zoo_for
 from models import external
 from models.norm import fold_transform_into_classifier
 
@@ -104,7 +104,7 @@ def tiny_cnn(widths=(8, 16)):
 
 
 def parsed(method, *extra):
-    from helper.distill_run import student_parser
+    from helper.cli.parser import student_parser
     from train_imagenet_student import IMAGENET_PROFILE
 
     return student_parser(IMAGENET_PROFILE).parse_args(["--distill", method, "--nce_k", "4", "--feat_dim", "8",
@@ -118,7 +118,7 @@ STAGE_METHODS = ["attention", "nst", "vid", "kdsvd", "abound", "fsp", "hint"]
 @pytest.mark.parametrize("method", LAST_MAP_METHODS + STAGE_METHODS)
 def test_methods_on_a_pair_of_wrapped_models(method):
     """Last-map methods work on the automatic choice; stage methods on the stage lists --feature_modules names."""
-    from helper.external_run import STAGE_LIST_METHODS
+    from helper.cli.external import STAGE_LIST_METHODS
 
     assert set(STAGE_LIST_METHODS) == set(STAGE_METHODS)
     torch.manual_seed(0)

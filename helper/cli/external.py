@@ -1,16 +1,28 @@
-"""The ImageFolder student script for your own models and images: torchvision:/timm: architectures, --pretrained_t,
---val_split, --mean/--std and the class names a run keeps (checked against the teacher's run by name).
+"""Your own models and images in a student script: torchvision:/timm: architectures, --pretrained_t, and (the
+ImageFolder script) --val_split, --mean/--std and the class names a run keeps (checked against the teacher's run by
+name).
 
-`student_main` hands a command here when it names an external architecture or one of the user-data flags; the
-paper's models on ImageNet folders keep their own path untouched.
+`helper.cli.student.resolve` hands a command here when it names an external architecture or one of these flags
+(`uses_own_path`); the paper's models on the paper's data keep their own path untouched. The job resolved here runs
+through the scripts' one start-up (helper.cli.main) like any other; what it adds is the user's image folder as its
+`datasets` (`UserFolder`, which keeps the split in the run folder) and, before training, the module choices logged.
 """
 import argparse
 import os
-import sys
+from contextlib import contextmanager
+from types import MappingProxyType
 
+from dataset import crd_dataset
+from dataset.imagenet import MEAN, STD
+from dataset.user_folder import SPLIT_FILE, check_classes, folder_datasets, write_split
 from helper.argtypes import positive_float
+from helper.cli.profile import Job
+from helper.cli.student import build_method, check_teacher, run_name, run_record, weight_options
 from helper.errors import UsageError
 from helper.runs.checkpoint import load_checkpoint, model_state
+from helper.teachers.loading import build_model, checkpoint_config, infer_teacher_name, load_model_state
+from models import external
+from models.external import describe, is_external
 
 # Methods that compare intermediate stage maps (feat[1:-1] or a --hint_layer index): a wrapped model has only the
 # map NORM matches and the pooled vector unless --feature_modules names its stages.
@@ -64,7 +76,7 @@ def add_student_flags(parser, data=True):
     """The flags of external models (and, with `data`, of user image folders) in a student script.
 
     Absent from the parsed options unless given (argparse.SUPPRESS), so the config.json of a paper-model run holds
-    exactly the keys it held before these flags existed; `external_student_main` fills in the missing ones.
+    exactly the keys it held before these flags existed; `resolve` fills in the missing ones.
     """
     g = parser.add_argument_group("your own models and images (torchvision:NAME, timm:NAME)")
     absent = argparse.SUPPRESS
@@ -83,8 +95,6 @@ def add_student_flags(parser, data=True):
 
 def uses_own_path(opt):
     """Whether the command needs this module: an external architecture or a user-data flag."""
-    from models.external import is_external
-
     given = [name for name in STUDENT_FLAGS if getattr(opt, name, None) is not None]
     return is_external(opt.model_s) or is_external(opt.model_t) or bool(given)
 
@@ -94,62 +104,73 @@ def file_tag(name):
     return name.replace(":", "-")
 
 
-def user_data(opt, image_size, saved_split, contrast=False):
-    """(train, val, split) of --data_root with the run's size, statistics and split (see dataset.user_folder)."""
-    from dataset import crd_dataset
-    from dataset.imagenet import MEAN, STD
-    from dataset.user_folder import folder_datasets
-
-    train, val, split = folder_datasets(opt.data_root, image_size=image_size, mean=opt.mean or MEAN,
-                                        std=opt.std or STD, val_split=opt.val_split, split_seed=opt.split_seed or 0,
-                                        saved_split=saved_split, seed=opt.seed)
-    if contrast:
-        train = crd_dataset(train, opt.nce_k, opt.mode)
-    return train, val, split
-
-
-def check_classes(expected, classes, path, flag="--path_t"):
-    """Refuse a model trained on other class folders (compared by name, so a renamed or missing class shows)."""
-    if expected is None or list(expected) == list(classes):
-        return
-    extra = sorted(set(expected) - set(classes))
-    missing = sorted(set(classes) - set(expected))
-    if extra or missing:
-        what = "; ".join(filter(None, (f"only the model has {', '.join(extra[:3])}" if extra else "",
-                                       f"only the data has {', '.join(missing[:3])}" if missing else "")))
-    else:
-        what = "the same names in another order"
-    raise UsageError(f"{path} ({flag}) was trained on other classes than --data_root holds ({what}); train it on "
-                     "these class folders or point --data_root at its data")
-
-
-def external_error(err):
-    """A models.external error as a UsageError (one line, exit 2)."""
-    return UsageError(str(err))
-
-
-def load_external(name, num_classes, image_size, *, state=None, path=None, flag, role, opt, stages=None):
-    """The wrapped external model `name` with `state` loaded (None: random weights)."""
-    from models import external
-
+@contextmanager
+def external_errors():
+    """models.external's errors (a name, module choice or weight file that cannot be used) as one-line UsageErrors."""
     try:
+        yield
+    except external.ExternalModelError as err:
+        raise UsageError(str(err)) from None
+
+
+def check_split_seed(options):
+    """--split_seed seeds the --val_split draw only: alone it would be silently ignored."""
+    if options["split_seed"] is not None and options["val_split"] is None:
+        raise UsageError("--split_seed only applies with --val_split")
+
+
+def user_data(options, saved_split):
+    """(train, val, split) of --data_root with the run's size, statistics and split (see dataset.user_folder)."""
+    return folder_datasets(options["data_root"], image_size=options["image_size"], mean=options["mean"] or MEAN,
+                           std=options["std"] or STD, val_split=options["val_split"],
+                           split_seed=options["split_seed"] or 0, saved_split=saved_split, seed=options["seed"])
+
+
+class UserFolder:
+    """A job's `datasets` (helper.cli.profile.Job): the images of --data_root, and the split the run keeps.
+
+    The split read is the run's own split.json (a resume), else `inherited` (the teacher run's, so a student is
+    validated on images its teacher never trained on), else a new --val_split draw; `save` writes it as the run's
+    split.json once the run is set up, so the folder holds it from the first checkpoint on.
+    """
+
+    def __init__(self, run_dir, inherited=None, contrast=None):
+        self.path = os.path.join(run_dir, SPLIT_FILE)
+        self.inherited, self.contrast, self.split = inherited, contrast, None
+
+    def __call__(self, options):
+        """(train set, val set) of --data_root; the training set CRD-sampled when the method asks (`contrast`)."""
+        train, val, self.split = user_data(options, self.path if os.path.isfile(self.path) else self.inherited)
+        if self.contrast is not None:
+            train = crd_dataset(train, *self.contrast)
+        return train, val
+
+    def save(self, options, runtime):
+        """Write the split the run trains on as its split.json (the main process; never over an existing one)."""
+        if self.split is not None and runtime.is_main and not os.path.isfile(self.path):
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            write_split(self.path, options["data_root"], self.split, options["val_split"],
+                        options["split_seed"] or 0)
+
+
+def load_external(name, num_classes, image_size, options, *, role, flag, state=None, path=None, stages=None):
+    """The wrapped external model `name` with `state` loaded (None: random weights); `role` 's' or 't' picks the
+    module-choice flags."""
+    with external_errors():
         plain = external.build_plain(name, num_classes, image_size)
         if state is not None:
             external.load_weights(plain, state, name=name, path=path, num_classes=num_classes, flag=flag)
-        model = external.wrap(plain, image_size, stages, getattr(opt, f"feature_module_{role}", None),
-                              getattr(opt, f"classifier_{role}", None))
-    except external.ExternalModelError as err:
-        raise external_error(err) from None
+        model = external.wrap(plain, image_size, stages, options[f"feature_module_{role}"],
+                              options[f"classifier_{role}"])
     model.external_name = name
     return model
 
 
 def load_backbone(plain, state, name):
-    """Load published weights into `plain` except the tensors whose shape differs (the classifier for new classes)."""
-    from models.external import strip_prefix
-
+    """Load published weights into `plain` except the tensors whose shape differs (the classifier for new classes);
+    returns the names of the tensors left as they were."""
     own = plain.state_dict()
-    state = strip_prefix(state)
+    state = external.strip_prefix(state)
     kept = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
     missing = [k for k in own if k not in kept]
     if len(kept) < len(own) // 2:
@@ -158,156 +179,121 @@ def load_backbone(plain, state, name):
     return missing
 
 
-def teacher_state(opt, num_classes):
-    """(state dict, source path, teacher config) of the teacher: --path_t's file or the published weights."""
-    from models import external
-
-    if opt.pretrained_t:
-        if opt.path_t:
+def teacher_state(options, num_classes):
+    """(state dict, source, teacher run config) of the teacher: --path_t's file or the published weights."""
+    path_t, model_t = options["path_t"], options["model_t"]
+    if options["pretrained_t"]:
+        if path_t:
             raise UsageError("--pretrained_t and --path_t both give the teacher's weights; pass one")
-        if not external.is_external(opt.model_t):
+        if not is_external(model_t):
             raise UsageError("--pretrained_t needs --model_t torchvision:NAME (or timm:NAME)")
-        try:
-            source, arch = external.split_name(opt.model_t)
+        with external_errors():
+            source, arch = external.split_name(model_t)
             if source == "torchvision":
-                _, path, categories = external.torchvision_weights_file(arch)
+                _, _, categories = external.torchvision_weights_file(arch)
                 if categories and categories != num_classes:
                     raise UsageError(f"torchvision's published {arch} weights predict {categories} classes, but "
                                      f"--data_root has {num_classes}; fine-tune a teacher on your classes with "
-                                     f"python scripts/train_teacher.py --model {opt.model_t} --pretrained")
-            return external.published_state(opt.model_t), f"published {opt.model_t} weights", {}
-        except external.ExternalModelError as err:
-            raise external_error(err) from None
-    if not opt.path_t or not os.path.isfile(opt.path_t):
-        given = f"teacher checkpoint {opt.path_t} not found" if opt.path_t else "no teacher checkpoint given"
+                                     f"python scripts/train_teacher.py --model {model_t} --pretrained")
+            return external.published_state(model_t), f"published {model_t} weights", {}
+    if not path_t or not os.path.isfile(path_t):
+        given = f"teacher checkpoint {path_t} not found" if path_t else "no teacher checkpoint given"
         raise UsageError(f"{given}; pass --path_t FILE (e.g. from scripts/train_teacher.py) or --pretrained_t")
-    checkpoint = load_checkpoint(opt.path_t)
-    from .model_loading import checkpoint_config
-
-    return model_state(checkpoint, opt.path_t), opt.path_t, checkpoint_config(checkpoint)
+    checkpoint = load_checkpoint(path_t)
+    return model_state(checkpoint, path_t), path_t, checkpoint_config(checkpoint)
 
 
-def check_stage_flags(opt):
+def check_stage_flags(options):
     """A stage-comparing method with an external model needs its stage modules named."""
-    from models.external import is_external
-
-    if opt.distill not in STAGE_LIST_METHODS:
+    if options["distill"] not in STAGE_LIST_METHODS:
         return
-    for name, flag, value in ((opt.model_s, "--feature_modules", opt.feature_modules),
-                              (opt.model_t, "--feature_modules_t", opt.feature_modules_t)):
-        if is_external(name) and not value:
-            raise UsageError(f"--distill {opt.distill} compares intermediate stages; name {name}'s with {flag} "
-                             "a,b,c (e.g. layer2,layer3,layer4), or use a method on the last map: NORM, kd, crd, "
-                             "similarity, pkt, rkd, correlation, factor")
+    for name, flag, given in ((options["model_s"], "--feature_modules", options["feature_modules"]),
+                              (options["model_t"], "--feature_modules_t", options["feature_modules_t"])):
+        if is_external(name) and not given:
+            raise UsageError(f"--distill {options['distill']} compares intermediate stages; name {name}'s with "
+                             f"{flag} a,b,c (e.g. layer2,layer3,layer4), or use a method on the last map: NORM, kd, "
+                             "crd, similarity, pkt, rkd, correlation, factor")
 
 
-def external_student_main(opt, profile, argv, cls):
-    """student_main for commands with external architectures or user-data flags (see the module docstring)."""
-    from dataset.user_folder import SPLIT_FILE, write_split
-    from models import external
-    from models.external import describe, is_external
-    from .distill_run import SMALL_LR_STUDENTS, infer_teacher_name, run_name
-    from .data import load_datasets
-    from .engine import validate
-    from .launch import apply_gids
-    from .model_loading import build_model, load_model_state
-    from .options import resolve_seed
-    from .runtime import cleanup, seed_everything, setup_runtime, shared_seed
-    from .trainer import Trainer, prepare_run_dir
-
-    zoo = profile["zoo"]
-    for flag in STUDENT_FLAGS:  # given or not, every run of this path saves all of them in its config
-        setattr(opt, flag, getattr(opt, flag, None))
-    if opt.split_seed is not None and opt.val_split is None:
-        raise UsageError("--split_seed only applies with --val_split")
-    check_stage_flags(opt)
+def resolve(profile, opt, cls):
+    """The student job of a command that names an external architecture or a user-data flag (`uses_own_path`), for
+    the method class `cls`; every user error surfaces as a one-line UsageError or DatasetError."""
+    # given or not, every run of this path saves all of these flags in its config (export and evaluation read them)
+    options = {**dict.fromkeys(STUDENT_FLAGS), **vars(opt)}
+    check_split_seed(options)
+    check_stage_flags(options)
     for name in (opt.model_s, opt.model_t):
         if is_external(name):
-            try:
+            with external_errors():
                 external.check_name(name)
-            except external.ExternalModelError as err:
-                raise external_error(err) from None
-    folders = profile["own_models"] == "folders"  # else the CIFAR script: its fixed 32-px sets, no class folders
+    folders = profile.own_models == "folders"  # else the CIFAR script: its fixed 32-px sets, no class folders
     if not folders:
-        opt.image_size = profile["probe_size"]  # saved in the config: export and evaluation rebuild a ViT at it
-    image_size = opt.image_size
-    if opt.learning_rate is None:
-        opt.learning_rate = 0.01 if opt.model_s in SMALL_LR_STUDENTS else profile["learning_rate"]
-    teacher_split = os.path.join(os.path.dirname(os.path.abspath(opt.path_t)), SPLIT_FILE) if opt.path_t else None
+        options["image_size"] = profile.probe_size  # saved in the config: export and evaluation rebuild a ViT at it
+    image_size = options["image_size"]
+    path_t = options["path_t"]
+    teacher_split = os.path.join(os.path.dirname(os.path.abspath(path_t)), SPLIT_FILE) if path_t else None
+    inherited = teacher_split if options["val_split"] else None
     if folders:  # the classes first: a folder without images is refused before any model is built
-        classes = user_data(opt, image_size, teacher_split if opt.val_split else None)[0].classes
+        classes = user_data(options, inherited)[0].classes
         num_classes = len(classes)
     else:
-        classes, num_classes = None, profile["num_classes"](opt)
-    state, source, t_config = teacher_state(opt, num_classes)
+        classes, num_classes = None, profile.num_classes(opt)
+    state, source, t_config = teacher_state(options, num_classes)
     if classes is not None:
-        check_classes(t_config.get("classes"), classes, opt.path_t)
-    if opt.model_t is None:
-        opt.model_t = t_config.get("model_s") or t_config.get("model")
-        if opt.model_t is None:
-            opt.model_t = infer_teacher_name(zoo, state, opt.path_t, num_classes)
-    if not is_external(opt.model_s) and opt.model_s not in zoo:
-        build_model(zoo, opt.model_s, num_classes, "--model_s")
+        check_classes(t_config.get("classes"), classes, path_t)
+    model_t = (opt.model_t or t_config.get("model_s") or t_config.get("model")
+               or infer_teacher_name(profile.zoo, state, path_t, num_classes))
+    if not is_external(opt.model_s) and opt.model_s not in profile.zoo:
+        build_model(profile.zoo, opt.model_s, num_classes, "--model_s")  # raises the one-line error
     weights = cls.weights(opt)
-    opt.gamma, opt.alpha, opt.beta, opt.ceta = (weights[k] for k in ("gamma", "alpha", "beta", "logit_scale"))
-    # saved in config.json: export and evaluation read them
-    opt.classes, opt.num_classes = (list(classes) if classes else None), num_classes
-    tagged = argparse.Namespace(**{**vars(opt), "model_t": file_tag(opt.model_t), "model_s": file_tag(opt.model_s)})
+    lr = profile.default_learning_rate(opt.model_s) if opt.learning_rate is None else opt.learning_rate
+    # the class names and count are saved in config.json: export and evaluation read them
+    options.update(learning_rate=lr, model_t=model_t, classes=list(classes) if classes else None,
+                   num_classes=num_classes, **weight_options(weights))
+    tagged = argparse.Namespace(**{**options, "model_t": file_tag(model_t), "model_s": file_tag(opt.model_s)})
     data_tag = (os.path.basename(os.path.normpath(opt.data_root)) if folders else "") or opt.dataset
     run_dir = os.path.join(opt.save_root, "student_model", run_name(tagged, weights, file_tag(data_tag)))
-    name = file_tag(opt.model_s)
-    store = prepare_run_dir(run_dir, name, opt)
-    try:
-        apply_gids(opt, profile["script"], sys.argv[1:] if argv is None else argv, before_spawn=store.close)
-        resolve_seed(opt, run_dir)
-        runtime = setup_runtime(opt.device, opt.amp, opt.channels_last, opt.deterministic, keep_host_memory=True)
-        opt.seed = shared_seed(opt.seed, runtime)
-        seed_everything(opt.seed + runtime.rank)
-        own_split = os.path.join(run_dir, SPLIT_FILE)
-        saved = own_split if os.path.isfile(own_split) else (teacher_split if opt.val_split else None)
-        if folders:
-            train_set, val_set, split = user_data(opt, image_size, saved, contrast=cls.needs_contrast)
-        else:
-            train_set, val_set = load_datasets(opt, contrast=cls.needs_contrast)
-            split = None
-        if is_external(opt.model_t):
-            teacher = load_external(opt.model_t, num_classes, image_size, state=state, path=source, flag="--path_t",
-                                    role="t", opt=opt, stages=opt.feature_modules_t)
-        else:
-            teacher = load_model_state(zoo, opt.model_t, state, source, num_classes, "--model_t")
-        del state
-        if is_external(opt.model_s):
-            student = load_external(opt.model_s, num_classes, image_size, flag="--model_s", role="s", opt=opt,
-                                    stages=opt.feature_modules)
-            if opt.pretrained_s:
-                try:
-                    load_backbone(student.model, external.published_state(opt.model_s, "--pretrained_s"),
-                                  opt.model_s)
-                except external.ExternalModelError as err:
-                    raise external_error(err) from None
-        else:
-            student = build_model(zoo, opt.model_s, num_classes, "--model_s")
-        data = {"n_data": len(train_set), "image_size": image_size, "in_channels": 3,
-                "schedule_kind": profile["schedule_kind"]}
-        try:
-            method = cls.build(student, teacher, opt, data)
-        except ValueError as err:
-            raise UsageError(f"--distill {opt.distill} cannot distill {opt.model_t} into {opt.model_s}: {err}")
-        trainer = Trainer(method, student, opt, runtime, run_dir=run_dir, name=name, store=store,
-                          train_set=train_set, val_set=val_set, record={"teacher": opt.model_t, "student": opt.model_s,
-                                                                       "method": opt.distill, "dataset": opt.dataset,
-                                                                       "trial": opt.trial})
-        if split is not None and runtime.is_main and not os.path.isfile(own_split):
-            os.makedirs(run_dir, exist_ok=True)
-            write_split(own_split, opt.data_root, split, opt.val_split, opt.split_seed or 0)
-        for role, model, model_name in (("teacher", teacher, opt.model_t), ("student", student, opt.model_s)):
-            if is_external(model_name):
-                trainer.log(f"{role} {model_name}: {describe(model, image_size)}")
-        teacher_acc = validate(teacher, trainer.val_loader, runtime)
-        trainer.log(f"teacher {opt.model_t} accuracy: acc@1 {teacher_acc['acc1']:.2f} acc@5 {teacher_acc['acc5']:.2f}")
-        trainer.record["teacher_acc"] = teacher_acc["acc1"]
-        return trainer.fit()
-    finally:
-        store.close()
-        cleanup()
+    contrast = cls.contrast_sampling(argparse.Namespace(**options))
+    data = UserFolder(run_dir, inherited, contrast) if folders else None
 
+    def build(options, n_data):
+        """Teacher and student networks and the method joining them; the split saved, the module choices logged
+        and the teacher checked before training."""
+        nonlocal state
+        if is_external(model_t):
+            teacher = load_external(model_t, num_classes, image_size, options, role="t", flag="--path_t", state=state,
+                                    path=source, stages=options["feature_modules_t"])
+        else:
+            teacher = load_model_state(profile.zoo, model_t, state, source, num_classes, "--model_t")
+        state = None  # the networks hold the weights now
+        student = own_student(profile, options, num_classes, image_size)
+        method = build_method(cls, student, teacher, options, n_data, image_size, profile)
+
+        def check(trainer, runtime):
+            if data is not None:
+                data.save(options, runtime)
+            for role, model, name in (("teacher", teacher, model_t), ("student", student, opt.model_s)):
+                if is_external(name):
+                    trainer.log(f"{role} {name}: {describe(model, image_size)}")
+            check_teacher(trainer, runtime, teacher, options)
+
+        # method.student, as for the paper's models: the model as it predicts (SimKD wraps it)
+        return method, method.student, run_record(options), check
+
+    # Job.image_size is what load_datasets resizes to: the CIFAR sets keep their own 32 px
+    return Job(MappingProxyType(options), run_dir, file_tag(opt.model_s), contrast, options["init_epochs"],
+               image_size if folders else None, build, datasets=data)
+
+
+def own_student(profile, options, num_classes, image_size):
+    """The student network: an external architecture (with --pretrained_s its published backbone), or the zoo's."""
+    name = options["model_s"]
+    if not is_external(name):
+        return build_model(profile.zoo, name, num_classes, "--model_s")
+    student = load_external(name, num_classes, image_size, options, role="s", flag="--model_s",
+                            stages=options["feature_modules"])
+    if options["pretrained_s"]:
+        with external_errors():
+            published = external.published_state(name, "--pretrained_s")
+        load_backbone(student.model, published, name)
+    return student

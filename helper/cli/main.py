@@ -1,13 +1,14 @@
-"""The three training scripts' one start-up: parse, check the run folder, --gids, runtime, data, models, method, train.
+"""The training scripts' one start-up: parse, check the run folder, --gids, runtime, data, models, method, train.
 
-A teacher and a student differ only in how a command is resolved and what is built once the data is loaded
-(helper.cli.teacher, helper.cli.student); everything else below runs the same for the three scripts.
+A teacher, a student and a teacher for a user's image folder differ only in how a command is resolved and what is
+built once the data is loaded (helper.cli.teacher, helper.cli.student with helper.cli.external for own models and
+images, helper.cli.folder_teacher); everything else below runs the same for the four scripts.
 """
 import os
 import sys
 from types import MappingProxyType
 
-from helper.cli import student, teacher
+from helper.cli import folder_teacher, student, teacher
 from helper.cli.gids import apply_gids, parse_gids
 from helper.cli.parser import resolve_seed, student_parser, teacher_parser
 from helper.loaders.loader import LoaderSettings, build_loaders, load_datasets
@@ -19,7 +20,8 @@ from helper.teachers.inference import install_for_training
 from helper.training.signals import Stopped
 from helper.training.trainer import Trainer, TrainSettings
 
-ROLES = {"teacher": (teacher_parser, teacher.resolve), "student": (student_parser, student.resolve)}
+ROLES = {"teacher": (teacher_parser, teacher.resolve), "student": (student_parser, student.resolve),
+         "folder_teacher": (folder_teacher.parser, folder_teacher.resolve)}
 
 
 def main(profile, argv=None):
@@ -50,7 +52,7 @@ def main(profile, argv=None):
         seed_everything(seed + runtime.rank)
         options = MappingProxyType({**options, "device": device, "resume": store.resume, "seed": seed})
         loading = loader_settings(options, job)
-        train_set, val_set = load_datasets(loading)
+        train_set, val_set = job.datasets(options) if job.datasets else load_datasets(loading)
         method, network, record, check = job.build(options, len(train_set))
         batch = per_process_batch(options["batch_size"], runtime.world_size)
         train_loader, val_loader = build_loaders(train_set, val_set, loading, runtime, batch)
@@ -88,4 +90,5 @@ def train_settings(options, job):
                          momentum=options["momentum"], weight_decay=options["weight_decay"],
                          fused_sgd=options["fused_sgd"], init_epochs=job.init_epochs, sync_bn=options["sync_bn"],
                          compile=options["compile"], print_freq=options["print_freq"],
-                         save_freq=options["save_freq"], progress=options["progress"])
+                         save_freq=options["save_freq"], progress=options["progress"],
+                         warmup_epochs=options.get("warmup_epochs", 0))  # a flag of the folder teacher's only

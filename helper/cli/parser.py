@@ -70,12 +70,17 @@ def base_parser(description, *, epochs, batch_size, learning_rate, weight_decay,
     return p
 
 
+def profile_parser(profile):
+    """`base_parser` with the defaults of `profile`'s script (the learning rate is resolved per model, later)."""
+    return base_parser(profile.description, epochs=profile.epochs, batch_size=profile.batch_size, learning_rate=None,
+                       weight_decay=profile.weight_decay, lr_decay=profile.lr_decay,
+                       lr_decay_epochs=list(profile.lr_decay_epochs), dataset=profile.dataset,
+                       datasets=list(profile.datasets), save_freq=profile.save_freq, num_workers=profile.num_workers)
+
+
 def teacher_parser(profile):
     """The teacher script's flags: the shared ones, --model, and the official teacher script's --num_cls and -c."""
-    p = base_parser(profile.description, epochs=profile.epochs, batch_size=profile.batch_size, learning_rate=None,
-                    weight_decay=profile.weight_decay, lr_decay=profile.lr_decay,
-                    lr_decay_epochs=list(profile.lr_decay_epochs), dataset=profile.dataset,
-                    datasets=list(profile.datasets), save_freq=profile.save_freq, num_workers=profile.num_workers)
+    p = profile_parser(profile)
     p.add_argument("--model", default=profile.model, help=f"architecture: {', '.join(profile.zoo)}")
     add_num_cls_flag(p)
     p.add_argument("-c", "--ceta", type=finite_float, default=argparse.SUPPRESS,
@@ -86,10 +91,7 @@ def teacher_parser(profile):
 
 def student_parser(profile):
     """The student script's flags: the shared ones, the paper's distillation flags and every method's own."""
-    p = base_parser(profile.description, epochs=profile.epochs, batch_size=profile.batch_size,
-                    learning_rate=None, weight_decay=profile.weight_decay, lr_decay=profile.lr_decay,
-                    lr_decay_epochs=list(profile.lr_decay_epochs), dataset=profile.dataset,
-                    datasets=list(profile.datasets), num_workers=profile.num_workers)
+    p = profile_parser(profile)
     g = p.add_argument_group("distillation (paper symbols in brackets)")
     g.add_argument("--path_t", default=None, help="teacher checkpoint ({'model': state_dict} or a state dict)")
     g.add_argument("--model_t", default=None, help="teacher architecture (default: read from the checkpoint)")

@@ -1,4 +1,4 @@
-"""What differs between the three training scripts (a typed profile each), and a resolved command line (a job)."""
+"""What differs between the training scripts (a typed profile each), and a resolved command line (a job)."""
 from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Tuple
 
@@ -10,7 +10,8 @@ class Profile:
     """One training script: its role, defaults (the official ones), model zoo and data."""
 
     script: str  # the script's path (--gids reruns it under torchrun)
-    role: str  # "teacher": train a model from scratch; "student": distil one from a teacher
+    role: str  # "teacher": train a model from scratch; "student": distil one from a teacher; "folder_teacher":
+    # train or fine-tune a torchvision/timm classifier on a user's image folder (scripts/train_teacher.py)
     description: str
     zoo: Mapping[str, Callable]
     datasets: Tuple[str, ...]
@@ -50,3 +51,6 @@ class Job:
     init_epochs: int  # of a two-stage method's init stage
     image_size: Optional[int]
     build: Callable  # (options, n_data) -> (method, student, record, check); check(trainer, runtime) or None
+    # options -> (train set, val set), in place of the profile's dataset (helper.loaders.loader.load_datasets): a
+    # user's image folder, whose split the job keeps in its run folder (helper.cli.external.UserFolder)
+    datasets: Optional[Callable] = None

@@ -8,6 +8,7 @@ from distiller_zoo import method_class
 from helper.cli.profile import Job
 from helper.errors import UsageError
 from helper.runs.checkpoint import load_checkpoint, model_state
+from helper.runs.config import WEIGHT_OPTIONS
 from helper.teachers.loading import build_model, check_plain_state, infer_teacher_name, load_model_state
 from helper.teachers.registry import teacher_accuracy_warning
 from helper.training.engine import validate
@@ -25,6 +26,11 @@ def run_name(opt, weights, dataset_tag):
 def resolve(profile, opt):
     """The student job of the parsed command line `opt`; every user error surfaces as UsageError (one line)."""
     cls = method_class_or_error(opt.distill)
+    if profile.own_models:
+        # imported here: helper.cli.external builds on this module (run_name, build_method, check_teacher)
+        from helper.cli import external
+        if external.uses_own_path(opt):  # the paper's models on the paper's data keep the path below untouched
+            return external.resolve(profile, opt, cls)
     path_t = profile.default_path_t(opt) if opt.path_t is None else opt.path_t
     if not path_t or not os.path.isfile(path_t):
         given = f"teacher checkpoint {path_t} not found" if path_t else "no teacher checkpoint given"
@@ -40,9 +46,7 @@ def resolve(profile, opt):
     weights = cls.weights(opt)
     # the resolved values go into the run's config, so a resume that types a default out is the same run
     lr = profile.default_learning_rate(opt.model_s) if opt.learning_rate is None else opt.learning_rate
-    options = {**vars(opt), "path_t": path_t, "learning_rate": lr, "model_t": model_t,
-               **{flag: weights[key] for flag, key in (("gamma", "gamma"), ("alpha", "alpha"), ("beta", "beta"),
-                                                      ("ceta", "logit_scale"))}}
+    options = {**vars(opt), "path_t": path_t, "learning_rate": lr, "model_t": model_t, **weight_options(weights)}
     method_opt = argparse.Namespace(**options)
     run_dir = os.path.join(opt.save_root, "student_model", run_name(method_opt, weights, opt.dataset))
     image_size = options["image_size"] if profile.image_size else None
@@ -53,21 +57,36 @@ def resolve(profile, opt):
         teacher = load_model_state(profile.zoo, model_t, teacher_state, path_t, num_classes, "--model_t")
         teacher_state = None  # the networks hold the weights now
         student = build_model(profile.zoo, opt.model_s, num_classes, "--model_s")
-        data = {"n_data": n_data, "image_size": image_size or profile.probe_size, "in_channels": 3,
-                "schedule_kind": profile.schedule_kind}
-        try:
-            method = cls.build(student, teacher, argparse.Namespace(**options), data)
-        except ValueError as err:
-            raise UsageError(f"--distill {opt.distill} cannot distill {model_t} into {opt.model_s}: {err}")
-        record = {"teacher": model_t, "student": opt.model_s, "method": opt.distill, "dataset": opt.dataset,
-                  "trial": opt.trial}
+        method = build_method(cls, student, teacher, options, n_data, image_size or profile.probe_size, profile)
         # method.student, not student: a method may wrap it (SimKD's student predicts through the teacher's
         # classifier), and validation and the checkpoints must hold the model as it predicts
-        return method, method.student, record, lambda trainer, runtime: check_teacher(trainer, runtime, teacher,
-                                                                                      options)
+        return method, method.student, run_record(options), lambda trainer, runtime: check_teacher(
+            trainer, runtime, teacher, options)
 
     return Job(MappingProxyType(options), run_dir, opt.model_s, cls.contrast_sampling(method_opt),
                options["init_epochs"], image_size, build)
+
+
+def weight_options(weights):
+    """The loss-weight flags as the method resolved them (`Distiller.weights`), to be saved among the options."""
+    return {flag: weights[key] for flag, key in WEIGHT_OPTIONS.items()}
+
+
+def build_method(cls, student, teacher, options, n_data, image_size, profile):
+    """The method `cls` joining `teacher` and `student` (probed at `image_size`); a pair it cannot join is a
+    UsageError."""
+    data = {"n_data": n_data, "image_size": image_size, "in_channels": 3, "schedule_kind": profile.schedule_kind}
+    try:
+        return cls.build(student, teacher, argparse.Namespace(**options), data)
+    except ValueError as err:
+        raise UsageError(f"--distill {options['distill']} cannot distill {options['model_t']} into "
+                         f"{options['model_s']}: {err}") from None
+
+
+def run_record(options):
+    """The results line's description of a student run."""
+    return {"teacher": options["model_t"], "student": options["model_s"], "method": options["distill"],
+            "dataset": options["dataset"], "trial": options["trial"]}
 
 
 def check_teacher(trainer, runtime, teacher, options):

@@ -11,8 +11,6 @@ from collections import OrderedDict
 import torch
 from torch.utils.data import DataLoader
 
-from helper.errors import UsageError
-
 HOOK_PREFIX = "model."
 
 
@@ -126,14 +124,3 @@ def per_class_table(rows):
     for name, c, t in sorted(rows, key=lambda r: (r[1] / max(r[2], 1), r[0])):
         lines.append(f"  {name}: {100 * c / max(t, 1):.2f}% ({c}/{t})")
     return lines
-
-
-def check_folder_classes(expected, classes, path):
-    """A model with saved class names must be evaluated on the same class folders (compared by name)."""
-    from helper.cli.external import check_classes
-
-    try:
-        check_classes(expected, classes, path, flag="--path")
-    except UsageError as err:
-        raise UsageError(str(err).replace("trained on other classes than --data_root holds",
-                                          "predicts other classes than --data_root holds")) from None

@@ -1,4 +1,4 @@
-"""The epoch driver shared by the three training scripts: stages, schedules, validation, checkpoints, logs.
+"""The epoch driver shared by the training scripts: stages, schedules, validation, checkpoints, logs.
 
 The run folder and its policies live in helper.runs, DDP in helper.runtime.distributed, the step loop in `engine`,
 the optimizers in `optim`; the command line builds the parts and hands them over (helper.cli.main).
