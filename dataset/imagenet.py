@@ -26,9 +26,10 @@ def find_split_dir(root, split):
                     "(ImageNet cannot be downloaded automatically)")
 
 
-def imagenet_transforms(train, image_size=224):
-    """RandomResizedCrop + flip (train) or Resize(size*256/224) + CenterCrop (val), then ImageNet normalisation."""
-    tail = [transforms.ToTensor(), transforms.Normalize(MEAN, STD)]
+def imagenet_transforms(train, image_size=224, mean=MEAN, std=STD):
+    """RandomResizedCrop + flip (train) or Resize(size*256/224) + CenterCrop (val), then Normalize(mean, std)
+    (ImageNet's statistics unless a user folder's --mean/--std are given)."""
+    tail = [transforms.ToTensor(), transforms.Normalize(mean, std)]
     if train:
         head = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
     else:

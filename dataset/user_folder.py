@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from torchvision import datasets, transforms
 
 from .common import CorruptDataFile, DatasetError, DatasetNotFound, EpochSeeded
-from .imagenet import MEAN, STD, _reason
+from .imagenet import MEAN, STD, _reason, imagenet_transforms
 
 SPLIT_FILE = "split.json"
 EXTENSIONS = datasets.folder.IMG_EXTENSIONS
@@ -31,16 +31,6 @@ def rgb_image(path):
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, image).convert("RGB")
     return image.convert("RGB")
-
-
-def folder_transforms(train, image_size=224, mean=MEAN, std=STD):
-    """RandomResizedCrop + flip (train) or Resize(size*256/224) + CenterCrop (val), then Normalize(mean, std)."""
-    tail = [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    if train:
-        head = [transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip()]
-    else:
-        head = [transforms.Resize(round(image_size * 256 / 224)), transforms.CenterCrop(image_size)]
-    return transforms.Compose(head + tail)
 
 
 def class_samples(folder):
@@ -123,18 +113,14 @@ def read_split(path, root):
     return classes, items(saved["train"]), items(saved["val"]), base
 
 
-def write_split(path, root, split, fraction, seed):
-    """Save a split (classes, train, val, folder) as paths relative to its folder (atomically)."""
+def split_json(root, split, fraction, seed):
+    """A split (classes, train, val, folder) as the text of its split.json: paths relative to its folder."""
     classes, train, val, folder = split
 
     def rel(items):
         return [os.path.relpath(p, folder).replace(os.sep, "/") for p, _ in items]
-    data = {"classes": classes, "folder": os.path.relpath(folder, root).replace(os.sep, "/"), "val_split": fraction,
-            "split_seed": seed, "train": rel(train), "val": rel(val)}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-    os.replace(tmp, path)
+    return json.dumps({"classes": classes, "folder": os.path.relpath(folder, root).replace(os.sep, "/"),
+                       "val_split": fraction, "split_seed": seed, "train": rel(train), "val": rel(val)})
 
 
 def folder_datasets(root, *, image_size=224, mean=MEAN, std=STD, val_split=None, split_seed=0, saved_split=None,
@@ -143,7 +129,7 @@ def folder_datasets(root, *, image_size=224, mean=MEAN, std=STD, val_split=None,
 
     `root` has train/ and val/ class folders, or is one folder of class folders split by `val_split`; a split read
     from `saved_split` (a split.json) wins over a new one. The returned split (classes, train, val, folder) is
-    what a run saves with `write_split`.
+    what a run saves as `split_json`.
     """
     train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "val")
     split = None
@@ -166,8 +152,8 @@ def folder_datasets(root, *, image_size=224, mean=MEAN, std=STD, val_split=None,
     else:
         raise DatasetNotFound(f"{root} has no train/ and val/ folders; pass --val_split 0.1 to hold out 10% of "
                               "each class folder for validation")
-    train_set = FolderImages(classes, train, folder_transforms(True, image_size, mean, std), seed=seed)
-    val_set = FolderImages(classes, val, folder_transforms(False, image_size, mean, std))
+    train_set = FolderImages(classes, train, imagenet_transforms(True, image_size, mean, std), seed=seed)
+    val_set = FolderImages(classes, val, imagenet_transforms(False, image_size, mean, std))
     return train_set, val_set, split
 
 

@@ -32,6 +32,8 @@ def ab_loss(g_s, g_t, margin=1.0):
 class ActivationBoundary(TwoStageDistiller):
     """AB: init stage on the boundary loss (connectors + student feature modules), then CE; RepDistiller -a 0 -b 1."""
 
+    needs_stages = True
+
     preact = True
     defaults = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
 

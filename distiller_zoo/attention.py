@@ -34,6 +34,8 @@ def at_loss(f_s, f_t):
 class Attention(Distiller):
     """AT on the intermediate maps feat[1:-1]: beta * sum_l at_loss; RepDistiller's -a 0 -b 1000."""
 
+    needs_stages = True
+
     defaults = {"gamma": 1.0, "alpha": 0.0, "beta": 1000.0}
 
     def feature_losses(self, feat_s, feat_t, logits_s, logits_t, index, contrast_index):

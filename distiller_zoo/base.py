@@ -25,8 +25,8 @@ def kd_loss(student_logits, teacher_logits, temperature):
     return F.kl_div(log_p_s, p_t, reduction="sum") * temperature ** 2 / student_logits.shape[0]
 
 
-def _plus(value):
-    """A per-part weight list as typed: (1.0, 8.0) -> '1.0+8.0'."""
+def beta_text(value):
+    """-b as typed: (1.0, 8.0) -> '1.0+8.0'."""
     return value if isinstance(value, str) else "+".join(str(v) for v in value)
 
 
@@ -74,6 +74,9 @@ class Distiller(Vanilla):
     losses_in_float32 = True
     needs_targets = False  # True: feature_losses also gets the labels, as `targets=`
     kd_style_terms = False  # True: its own terms compare softened logits (--logit_standardize applies to them)
+    # True: it compares intermediate stage maps (feat[1:-1], a --hint_layer index), which a wrapped torchvision/timm
+    # model has only when --feature_modules names them
+    needs_stages = False
 
     @classmethod
     def add_arguments(cls, parser):
@@ -87,7 +90,7 @@ class Distiller(Vanilla):
         whose default KD weight is positive takes the reference's weight w for it.
         """
         if isinstance(getattr(opt, "beta", None), (tuple, str)):
-            raise UsageError(f"-b {_plus(opt.beta)} gives one weight per part of a combination, but --distill "
+            raise UsageError(f"-b {beta_text(opt.beta)} gives one weight per part of a combination, but --distill "
                              f"{getattr(opt, 'distill', cls.__name__)} has one part; give one number")
         chosen = {k: (getattr(opt, k, None) if getattr(opt, k, None) is not None else v)
                   for k, v in cls.defaults.items()}

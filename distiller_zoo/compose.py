@@ -23,7 +23,7 @@ import torch
 
 from helper.errors import UsageError
 from helper.argtypes import non_negative_float
-from .base import Distiller
+from .base import Distiller, beta_text
 from .logit_standard import refuse_without_kd_terms
 from .registry import METHODS
 
@@ -115,6 +115,7 @@ class Combination(Distiller):
             cls.needs_contrast = any(part.needs_contrast for part in cls.parts)
             cls.needs_targets = any(part.needs_targets for part in cls.parts)
             cls.kd_style_terms = any(part.kd_style_terms for part in cls.parts)
+            cls.needs_stages = any(part.needs_stages for part in cls.parts)
 
     @classmethod
     def add_arguments(cls, parser):
@@ -224,11 +225,6 @@ class Combination(Distiller):
                 clash = name in losses or name in ("ce", "kd")
                 losses[f"{part.name}_{name}" if clash else name] = value
         return losses
-
-
-def beta_text(value):
-    """-b as typed: (1.0, 8.0) -> '1.0+8.0'."""
-    return value if isinstance(value, str) else SEPARATOR.join(str(v) for v in value)
 
 
 def beta_values(text):

@@ -30,6 +30,8 @@ def fsp_loss(g_s, g_t):
 class FSP(TwoStageDistiller):
     """FSP: init stage on the FSP loss (student feature modules), then CE only; RepDistiller's -a 0 -b 50."""
 
+    needs_stages = True
+
     defaults = {"gamma": 1.0, "alpha": 0.0, "beta": 50.0}
 
     def __init__(self, student, teacher, **weights):

@@ -48,6 +48,8 @@ def hint_loss(regressed, target):
 class FitNet(Distiller):
     """FitNet hint: beta * MSE(ConvReg(f_s[l]), f_t[l]), l = --hint_layer; RepDistiller's -a 0 -b 100."""
 
+    needs_stages = True
+
     defaults = {"gamma": 1.0, "alpha": 0.0, "beta": 100.0}
 
     def __init__(self, student, teacher, regressor, hint_layer=2, **weights):

@@ -60,6 +60,8 @@ def kdsvd_loss(g_s, g_t, k=1):
 class KDSVD(Distiller):
     """KDSVD on feat[1:-1] (equal student/teacher widths per layer); -a 0 -b 1 (RepDistiller's script gives none)."""
 
+    needs_stages = True
+
     defaults = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
 
     @classmethod

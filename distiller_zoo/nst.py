@@ -28,6 +28,8 @@ def nst_loss(f_s, f_t):
 class NST(Distiller):
     """NST on the intermediate maps feat[1:-1]; RepDistiller's -a 0 -b 50."""
 
+    needs_stages = True
+
     defaults = {"gamma": 1.0, "alpha": 0.0, "beta": 50.0}
 
     def feature_losses(self, feat_s, feat_t, logits_s, logits_t, index, contrast_index):

@@ -76,6 +76,8 @@ def connector(s_channels, t_channels):
 class OFD(Distiller):
     """OFD: connectors on the student's pre-ReLU stages, partial L2 to the teacher's with BN margins; -b 1e-3."""
 
+    needs_stages = True
+
     preact = True
     defaults = {"gamma": 1.0, "alpha": 0.0, "beta": 1e-3}
 

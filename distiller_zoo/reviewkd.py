@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from helper.argtypes import non_negative_float
 from models.norm import probe_features
 from .base import Distiller
 from .registry import add_argument_once, register
@@ -118,6 +119,8 @@ class ReviewKD(Distiller):
     the reference. No KD by default (the reference's --use-kl is off; -a turns it on).
     """
 
+    needs_stages = True
+
     preact = False          # the student's features after the ReLU, as the reference's `is_feat=True`
     teacher_preact = True   # the teacher's before it (`preact=True`)
     defaults = {"gamma": 1.0, "alpha": 0.0, "beta": DEFAULT_WEIGHT}
@@ -130,7 +133,7 @@ class ReviewKD(Distiller):
 
     @classmethod
     def add_arguments(cls, parser):
-        add_argument_once(parser, "--reviewkd_warmup", type=float, default=20.0,
+        add_argument_once(parser, "--reviewkd_warmup", type=non_negative_float, default=20.0,
                           help="ReviewKD: epochs over which the HCL weight ramps up linearly (0 = none)")
 
     @classmethod

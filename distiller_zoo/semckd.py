@@ -115,6 +115,8 @@ def process_batch(batch_size):
 class SemCKD(Distiller):
     """SemCKD: CE + KD + beta * attention-weighted MSE over every (student stage, teacher stage) pair."""
 
+    needs_stages = True
+
     defaults = {"gamma": 1.0, "alpha": 1.0, "beta": 400.0}
 
     def __init__(self, student, teacher, attention, **weights):

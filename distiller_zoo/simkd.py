@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from helper.argtypes import positive_int
+from helper.errors import UsageError
 from models.cifar.shufflenetv2 import ShuffleV2
 from models.cifar.wrn import WideResNet
 from models.norm import probe_features
@@ -83,6 +84,17 @@ class SimKD(Distiller):
     def add_arguments(cls, parser):
         add_argument_once(parser, "--simkd_factor", type=positive_int, default=2,
                           help="SimKD: projector bottleneck C_t / factor (reference -f, default 2)")
+
+    @classmethod
+    def weights(cls, opt):
+        """As every method's; --logit_standardize is refused: SimKD's own CE/KD terms act on the backbone's logits
+        and are not the KD-style terms the flag standardizes."""
+        chosen = super().weights(opt)
+        if chosen.get("logit_standardize"):
+            raise UsageError("--logit_standardize does not apply to --distill simkd (its prediction is the teacher "
+                             "classifier's; its CE/KD terms are the reference's, on the backbone's own logits); "
+                             "leave the flag out")
+        return chosen
 
     @classmethod
     def build(cls, student, teacher, opt, data):

@@ -44,6 +44,8 @@ class VIDRegressor(nn.Module):
 class VID(Distiller):
     """VID with one regressor per intermediate map (student C_s -> C_t -> C_t); RepDistiller's -a 0 -b 1."""
 
+    needs_stages = True
+
     defaults = {"gamma": 1.0, "alpha": 0.0, "beta": 1.0}
 
     def __init__(self, student, teacher, regressors, **weights):

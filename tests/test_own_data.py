@@ -137,10 +137,10 @@ def test_the_split_is_stratified_seeded_and_read_back(tmp_path):
     assert [sum(1 for _, c in val if c == k) for k in range(3)] == [2, 2, 2]
     assert split_samples(samples, 0.2, seed=3) == (train, val) and split_samples(samples, 0.2, seed=4)[1] != val
     write_photos(tmp_path / "photos", per_class=5)
-    from dataset.user_folder import write_split
+    from dataset.user_folder import split_json
 
     first_train, first_val, split = folder_datasets(str(tmp_path / "photos"), image_size=32, val_split=0.2)
-    write_split(str(tmp_path / "split.json"), str(tmp_path / "photos"), split, 0.2, 0)
+    (tmp_path / "split.json").write_text(split_json(str(tmp_path / "photos"), split, 0.2, 0))
     write_photos(tmp_path / "photos", per_class=9, seed=1)  # new files after the split: they join no saved split
     again_train, again_val, _ = folder_datasets(str(tmp_path / "photos"), image_size=32,
                                                 saved_split=str(tmp_path / "split.json"))
@@ -249,3 +249,17 @@ def test_the_cifar_script_takes_torchvision_names(tmp_path):
     result = evaluate_student.main(["--path", str(tmp_path / "r18.pth"), "--data_root", str(tmp_path / "data"),
                                     "--num_workers", "0", "--device", "cpu"])
     assert result["dataset"] == "cifar100" and result["top1"] == pytest.approx(summary["last_acc"], abs=1e-3)
+
+
+@pytest.mark.parametrize("distill", ["reviewkd", "semckd", "ofd", "NORM+attention"])
+def test_every_stage_method_asks_for_its_stage_modules_with_an_external_model(distill):
+    from distiller_zoo import method_class
+    from helper.cli.external import check_stage_flags
+    from helper.errors import UsageError
+
+    options = {"distill": distill, "model_s": "torchvision:resnet18", "model_t": "resnet32x4", "feature_modules": None,
+               "feature_modules_t": None}
+    with pytest.raises(UsageError, match="--feature_modules a,b,c"):
+        check_stage_flags(options, method_class(distill))
+    check_stage_flags({**options, "feature_modules": ["layer2", "layer3"]}, method_class(distill))  # named: fine
+    check_stage_flags({**options, "distill": "NORM+dkd"}, method_class("NORM+dkd"))  # last map and logits: fine

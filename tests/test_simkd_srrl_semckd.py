@@ -397,3 +397,12 @@ def test_simkd_student_pools_by_a_python_size_restored_when_its_state_loads():
     x = torch.randn(2, 3, 32, 32)
     pooled.eval(), plain.eval()
     torch.testing.assert_close(plain(x), pooled(x))
+
+
+def test_simkd_refuses_logit_standardization_in_one_line(tiny_cifar, tmp_path, teacher_file, capsys):
+    err = fails(train_cifar_student.main, ["--path_t", teacher_file("resnet20"), "--model_t", "resnet20",
+                                           "--model_s", "resnet8", "--data_root", tiny_cifar, "--save_root",
+                                           str(tmp_path), "--distill", "simkd", "-a", "1", "--logit_standardize"],
+                capsys)
+    assert "--logit_standardize does not apply to --distill simkd" in err
+    assert not (tmp_path / "student_model").exists()

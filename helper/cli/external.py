@@ -14,19 +14,16 @@ from types import MappingProxyType
 
 from dataset import crd_dataset
 from dataset.imagenet import MEAN, STD
-from dataset.user_folder import SPLIT_FILE, check_classes, folder_datasets, write_split
+from dataset.user_folder import SPLIT_FILE, check_classes, folder_datasets, split_json
 from helper.argtypes import positive_float
 from helper.cli.profile import Job
 from helper.cli.student import build_method, check_teacher, run_name, run_record, weight_options
 from helper.errors import UsageError
 from helper.runs.checkpoint import load_checkpoint, model_state
+from helper.runs.files import write_failure_reason, write_text_atomic
 from helper.teachers.loading import build_model, checkpoint_config, infer_teacher_name, load_model_state
 from models import external
 from models.external import describe, is_external
-
-# Methods that compare intermediate stage maps (feat[1:-1] or a --hint_layer index): a wrapped model has only the
-# map NORM matches and the pooled vector unless --feature_modules names its stages.
-STAGE_LIST_METHODS = ("abound", "attention", "fsp", "hint", "kdsvd", "nst", "vid")
 
 
 def float_triple(text):
@@ -148,9 +145,15 @@ class UserFolder:
     def save(self, options, runtime):
         """Write the split the run trains on as its split.json (the main process; never over an existing one)."""
         if self.split is not None and runtime.is_main and not os.path.isfile(self.path):
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            write_split(self.path, options["data_root"], self.split, options["val_split"],
-                        options["split_seed"] or 0)
+            folder = os.path.dirname(self.path)
+            try:
+                os.makedirs(folder, exist_ok=True)
+            except OSError as err:
+                raise UsageError(f"cannot create the run folder {folder} ({write_failure_reason(err)}); choose a "
+                                 "writable --save_root") from None
+            # atomic, and a full disk is the same one line as for every other file of the run
+            write_text_atomic(split_json(options["data_root"], self.split, options["val_split"],
+                                         options["split_seed"] or 0), self.path)
 
 
 def load_external(name, num_classes, image_size, options, *, role, flag, state=None, path=None, stages=None):
@@ -203,16 +206,16 @@ def teacher_state(options, num_classes):
     return model_state(checkpoint, path_t), path_t, checkpoint_config(checkpoint)
 
 
-def check_stage_flags(options):
-    """A stage-comparing method with an external model needs its stage modules named."""
-    if options["distill"] not in STAGE_LIST_METHODS:
+def check_stage_flags(options, cls):
+    """A stage-comparing method (`cls.needs_stages`) with an external model needs its stage modules named."""
+    if not cls.needs_stages:
         return
     for name, flag, given in ((options["model_s"], "--feature_modules", options["feature_modules"]),
                               (options["model_t"], "--feature_modules_t", options["feature_modules_t"])):
         if is_external(name) and not given:
             raise UsageError(f"--distill {options['distill']} compares intermediate stages; name {name}'s with "
-                             f"{flag} a,b,c (e.g. layer2,layer3,layer4), or use a method on the last map: NORM, kd, "
-                             "crd, similarity, pkt, rkd, correlation, factor")
+                             f"{flag} a,b,c (e.g. layer2,layer3,layer4), or use a method on the last map and the "
+                             "logits (NORM, kd, crd, dkd, dist, ...)")
 
 
 def resolve(profile, opt, cls):
@@ -221,7 +224,7 @@ def resolve(profile, opt, cls):
     # given or not, every run of this path saves all of these flags in its config (export and evaluation read them)
     options = {**dict.fromkeys(STUDENT_FLAGS), **vars(opt)}
     check_split_seed(options)
-    check_stage_flags(options)
+    check_stage_flags(options, cls)
     for name in (opt.model_s, opt.model_t):
         if is_external(name):
             with external_errors():

@@ -78,7 +78,8 @@ def folder_eval_set(root, config, image_size, split=None):
     import os
 
     from dataset.imagenet import MEAN, STD
-    from dataset.user_folder import FolderImages, class_samples, folder_transforms, read_split
+    from dataset.imagenet import imagenet_transforms
+    from dataset.user_folder import FolderImages, class_samples, read_split
 
     if os.path.isdir(os.path.join(root, "val")):
         classes, samples = class_samples(os.path.join(root, "val"))
@@ -89,7 +90,7 @@ def folder_eval_set(root, config, image_size, split=None):
     mean, std = config.get("mean") or MEAN, config.get("std") or STD
     if isinstance(mean, str):
         mean, std = json.loads(mean), json.loads(std)
-    return FolderImages(classes, samples, folder_transforms(False, image_size, tuple(mean), tuple(std)))
+    return FolderImages(classes, samples, imagenet_transforms(False, image_size, tuple(mean), tuple(std)))
 
 
 @torch.no_grad()
