@@ -25,6 +25,7 @@ from helper.runtime import device as runtime_module
 from helper.runtime.device import Runtime
 from helper.training import optim, signals, trainer as trainer_module
 from helper.training.engine import train_one_epoch
+from tests.test_resume import interrupt_after
 
 # ops through which a tensor's value reaches the host: on CUDA each one waits for the device (a host sync)
 SYNC_OPS = {"_local_scalar_dense", "is_nonzero", "nonzero", "masked_select", "_unique2", "unique_consecutive",
@@ -62,19 +63,6 @@ def teacher_args(tiny_cifar, save, *extra):
             "--batch_size", "16", "--num_workers", "0", "--seed", "1", "--print_freq", "100", *extra]
 
 
-def stop_after(monkeypatch, steps):
-    """Stop the run (as on SIGTERM) once `steps` steps were taken in this process."""
-    count = {"n": 0}
-
-    def should_stop(self, step, runtime, every=20):
-        count["n"] += 1
-        if count["n"] == steps:
-            self.signum = signal.SIGTERM
-        return self.signum is not None
-
-    monkeypatch.setattr(signals.StopRequest, "should_stop", should_stop)
-
-
 def fused_on_cpu(runtime, fused):
     """_sgd_speed_options as on CUDA, for the CPU (fused SGD has a CPU kernel since torch 2.4)."""
     return {"fused": True} if fused else {}
@@ -101,7 +89,7 @@ def record_run_folders(monkeypatch):
 # ---------------------------------------------------------------- 1. a resume keeps the command line's fused flag
 def test_resume_with_fused_sgd_and_fp16_uses_the_fused_kernel_not_the_saved_flag(tiny_cifar, tmp_path, monkeypatch):
     monkeypatch.setattr(optim, "_sgd_speed_options", fused_on_cpu)
-    stop_after(monkeypatch, 2)
+    interrupt_after(monkeypatch, 2)
     with pytest.raises(SystemExit):  # saved without fused SGD, mid-epoch
         train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path, "--amp", "fp16"))
     monkeypatch.undo()
@@ -114,7 +102,7 @@ def test_resume_with_fused_sgd_and_fp16_uses_the_fused_kernel_not_the_saved_flag
 
 def test_resume_without_fused_sgd_drops_the_saved_fused_flag(tiny_cifar, tmp_path, monkeypatch):
     monkeypatch.setattr(optim, "_sgd_speed_options", fused_on_cpu)
-    stop_after(monkeypatch, 2)
+    interrupt_after(monkeypatch, 2)
     with pytest.raises(SystemExit):
         train_cifar_teacher.main(teacher_args(tiny_cifar, tmp_path, "--fused_sgd"))
     monkeypatch.undo()
