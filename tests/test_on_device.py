@@ -109,10 +109,10 @@ def test_a_resumed_run_on_the_device_is_bit_identical_and_its_checkpoint_loads_o
                                                                                         monkeypatch):
     import train_cifar_teacher
     from models import model_dict
-    from tests.test_cuda_defects import stop_after
+    from tests.test_resume import interrupt_after
 
     whole = train_cifar_teacher.main(_teacher_args(tiny_cifar, tmp_path / "whole"))
-    stop_after(monkeypatch, 2)
+    interrupt_after(monkeypatch, 2)
     with pytest.raises(SystemExit):
         train_cifar_teacher.main(_teacher_args(tiny_cifar, tmp_path / "parts"))
     monkeypatch.undo()
