@@ -1,6 +1,6 @@
 """A reproduction ledger on real data: a teacher, then methods x seeds through the real training scripts, one report.
 
-python scripts/ledger.py --out ledger                      # the default grid: 7 methods x 3 seeds on Fashion-MNIST
+python scripts/ledger.py --out ledger                      # the default grid: 15 methods x 3 seeds on Fashion-MNIST
 python scripts/ledger.py --out ledger --methods NORM KD --seeds 0 --epochs 1 --train_subset 2000   # a smoke run
 
 It writes the first --train_subset training and --test_subset test images of Fashion-MNIST (from --data_root or

@@ -4,6 +4,7 @@ one-line refusals."""
 import json
 import os
 import shlex
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,33 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path, monkeypatch):
     images = torch.stack([val[i][0] for i in range(4)])
     with torch.no_grad():  # relative to the largest logit, as the export's own check
         assert relative_difference(model.eval()(images), onnx(images)) <= ONNX_TOLERANCE
+
+
+def test_a_resumed_teacher_keeps_its_split_and_ends_bit_identical(tmp_path, monkeypatch, capsys):
+    """Killed mid-run, more photos added to the folder, resumed: the saved split.json is read back (the new photos
+    join neither set) and the run ends exactly where an uninterrupted one does."""
+    from tests.test_resume import interrupt_after
+    write_photos(tmp_path / "photos")
+    args = ["--model", "torchvision:resnet18", "--data_root", str(tmp_path / "photos"), "--val_split", "0.2",
+            *SPEED, "--epochs", "2", "--deterministic", "--learning_rate", "0.01"]
+    whole = train_teacher.main(args + ["--save_root", str(tmp_path / "whole")])
+    killed = args + ["--save_root", str(tmp_path / "killed")]
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 6)  # 4 steps per epoch (15 training images, batches of 4): stop in the second epoch
+        with pytest.raises(SystemExit):
+            train_teacher.main(killed)
+    assert "--resume" in capsys.readouterr().err
+    run = next((tmp_path / "killed" / "models").iterdir())
+    split_before = (run / "split.json").read_text()
+    for name in CLASSES:  # one more photo per class: a fresh split of the folder would differ
+        shutil.copy(tmp_path / "photos" / name / f"{name}_0.jpg", tmp_path / "photos" / name / f"{name}_new.jpg")
+    resumed = train_teacher.main(killed + ["--resume"])
+    assert (run / "split.json").read_text() == split_before
+    assert len(json.loads(split_before)["train"]) == 15
+    final = [load_checkpoint(os.path.join(summary["run"], "torchvision-resnet18_last.pth"))["model"]
+             for summary in (whole, resumed)]
+    assert final[0].keys() == final[1].keys()
+    assert all(torch.equal(final[0][key], final[1][key]) for key in final[0])
 
 
 def test_evaluating_on_other_class_folders_is_refused_by_name(tmp_path, capsys):

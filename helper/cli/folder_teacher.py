@@ -66,7 +66,7 @@ def resolve(profile, opt):
         options["learning_rate"] = FINE_TUNE_LR if opt.pretrained else profile.learning_rate
     classes = user_data(options, None)[0].classes  # refuses a folder without images before anything
     with external_errors():
-        model = external.build_plain(opt.model, len(classes), opt.image_size)
+        external.build_plain(opt.model, len(classes), opt.image_size)  # refuses a size the architecture cannot take
         published = external.published_state(opt.model, "--pretrained") if opt.pretrained else None
     options.update(classes=list(classes), num_classes=len(classes))  # saved: the student run checks them by name
     data_tag = file_tag(os.path.basename(os.path.normpath(opt.data_root)) or "data")
@@ -79,6 +79,8 @@ def resolve(profile, opt):
         """The classifier (its published backbone loaded) and its supervised training; the split saved and the new
         tensors logged before training."""
         nonlocal published
+        # built here, after the run's seed is set (resolve runs before it): --seed fixes the initial weights
+        model = external.build_plain(opt.model, len(classes), opt.image_size)
         fresh = load_backbone(model, published, opt.model) if published is not None else None
         published = None  # the model holds the weights now
 
