@@ -22,16 +22,23 @@ from tests.test_bad_input import fails
 QUIET = ["--num_workers", "0", "--batch_size", "16"]
 
 
-def randomise_batchnorm(model, seed):
-    """Non-trivial BatchNorm statistics and affine parameters, and a classifier bias, so the folds have work to do."""
-    g = torch.Generator().manual_seed(seed)
+def randomise_batchnorm_layers(module, g):
+    """Non-trivial statistics and affine parameters in every BatchNorm2d of `module`, drawn from generator `g`."""
     with torch.no_grad():
-        for m in model.modules():
+        for m in module.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
                 m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
                 m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
                 m.bias.copy_(0.4 * torch.rand(m.num_features, generator=g) - 0.2)
+    return module
+
+
+def randomise_batchnorm(model, seed):
+    """Non-trivial BatchNorm statistics and affine parameters, and a classifier bias, so the folds have work to do."""
+    g = torch.Generator().manual_seed(seed)
+    randomise_batchnorm_layers(model, g)
+    with torch.no_grad():
         classifier = model.get_submodule(model.classifier_name)
         classifier.bias.copy_(torch.randn(classifier.bias.shape, generator=g))
 

@@ -19,6 +19,7 @@ from scripts import evaluate_student, export_student
 from scripts.summarize_results import label_and_settings
 from tests.test_bad_input import fails
 from tests.test_cifar_scripts import run_student, train_cifar_student
+from tests.test_export_onnx import randomise_batchnorm_layers
 
 DATA = {"n_data": 20, "image_size": 32, "in_channels": 3, "schedule_kind": "cifar"}
 PAPER_PAIRS = [("resnet32x4", "resnet8x4"), ("wrn_40_2", "wrn_16_2"), ("resnet56", "resnet20"), ("vgg13", "vgg8"),
@@ -34,15 +35,7 @@ def make_opt(**overrides):
 
 def randomise(module, seed):
     """Non-trivial BatchNorm statistics and affine parameters, so eval- and train-mode arithmetic both matter."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(0.4 * torch.rand(m.num_features, generator=g) - 0.2)
-    return module
+    return randomise_batchnorm_layers(module, torch.Generator().manual_seed(seed))
 
 
 def bn_train(x, bn):
